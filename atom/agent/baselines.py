@@ -1,0 +1,343 @@
+"""The static baselines of DESIGN.md section 5, as episodes the same ``RolloutEngine`` runs for any policy.
+
+Each class follows the ``Episode`` protocol (``messages``, ``observe``, ``commit``, ``done``, ``phase``,
+``stats``, ``result``, ``sample``), so baselines are batched, counted and scored exactly like the AtomMem agent:
+
+- ``FullContextEpisode``: one answer turn per question over the whole context, centre-cut to a budget (the model
+  window) in tokens or characters.
+- ``RAGEpisode``: every document of the sample is stored at construction (one entry per document,
+  "Title\\ntext"); each question gets one turn showing the top-k documents retrieved with the question.
+- ``MemAgentEpisode``: one turn per chunk whose reply overwrites a bounded memory (MemAgent's rewrite-the-whole-
+  memory loop), then one answer turn per question from that memory.
+
+Baselines are not judged on the action grammar: an answer is the first ``<answer>`` body when there is one, else
+the reply's first non-empty line. Nothing they do is counted as invalid. Fact coverage is reported where it has a
+meaning: ``facts_stored`` = share of gold supporting sentences held by the baseline's memory after reading (RAG:
+the document store, MemAgent: the memory text; None for full context, which keeps nothing), ``facts_retrieved`` =
+share shown in the prompt when each question was answered (RAG: its top-k documents, MemAgent: the memory, full
+context: the truncated context).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from atom.agent import prompts
+from atom.agent.actions import parse_actions
+from atom.agent.episode import ANSWER, DONE, READ, AgentConfig, EmbedRequest, EpisodeResult, EpisodeStats
+from atom.agent.rollout import EpisodeFactory
+from atom.data.longcontext import LongContextSample
+from atom.eval.metrics import normalize_answer, score_questions
+from atom.memory.store import MemoryStore
+
+_THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
+_ANSWER_TAG = re.compile(r"</?answer>", re.IGNORECASE)
+CUT_MARKER = (
+    "\n[...]\n"  # joins the head and tail of a centre-cut context, so the model sees where text is missing
+)
+
+
+def parse_answer(reply: str, max_chars: int = 2000) -> str | None:
+    """The first ``<answer>`` body of ``reply``; else its first non-empty line (tags removed); None if empty."""
+    answers = [a.text for a in parse_actions(reply, max_text_chars=max_chars).actions if a.kind == "answer"]
+    if answers:
+        return answers[0]
+    for line in _THINK.sub("", reply).splitlines():
+        line = _ANSWER_TAG.sub("", line).strip()
+        if line:
+            return line[:max_chars]
+    return None
+
+
+def centre_cut_chars(text: str, max_chars: int) -> str:
+    """Keep the first and last characters of ``text`` within ``max_chars`` (head gets the extra one)."""
+    if len(text) <= max_chars:
+        return text
+    keep = max(max_chars - len(CUT_MARKER), 0)
+    head = (keep + 1) // 2
+    return text[:head] + CUT_MARKER + text[len(text) - (keep - head) :]
+
+
+def centre_cut_tokens(text: str, tokenizer, max_tokens: int) -> tuple[str, int]:
+    """Keep the first and last tokens of ``text`` within ``max_tokens``; returns (text, token count kept)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_tokens:
+        return text, len(ids)
+    # Reserve room for the marker so the cut prompt stays inside the budget.
+    marker = len(tokenizer(CUT_MARKER, add_special_tokens=False)["input_ids"])
+    keep = max(max_tokens - marker, 0)
+    head = (keep + 1) // 2
+    out = tokenizer.decode(ids[:head]) + CUT_MARKER + tokenizer.decode(ids[len(ids) - (keep - head) :])
+    return out, keep + marker
+
+
+def support_sentences(sample: LongContextSample) -> list[list[str]]:
+    """Normalized gold supporting sentences, per question."""
+    return [
+        [normalize_answer(sample.documents[d].sentences[s]) for d, s in per_q]
+        for per_q in sample.supporting_facts
+    ]
+
+
+def share_covered(facts: list[list[str]], texts: Sequence[Sequence[str]]) -> float | None:
+    """Share of facts (per question) found as normalized substrings of that question's ``texts``."""
+    total = sum(len(f) for f in facts)
+    if total == 0:
+        return None
+    hits = 0
+    for per_q, shown in zip(facts, texts):
+        norm = [normalize_answer(t) for t in shown]
+        hits += sum(any(f and f in t for t in norm) for f in per_q)
+    return hits / total
+
+
+class _StaticEpisode:
+    """Shared turn bookkeeping: one answer turn per question, the LLM-call cap, scoring."""
+
+    def __init__(self, sample: LongContextSample, cfg: AgentConfig):
+        self.sample, self.cfg = sample, cfg
+        self.stats = EpisodeStats()
+        self.phase = ANSWER
+        self.question_index = 0
+        self.predictions: list[str | None] = [None] * len(sample.questions)
+        self.shown_at_answer: list[list[str]] = [[] for _ in sample.questions]
+        self._reply: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.phase == DONE
+
+    def _answer_context(self) -> tuple[str, list[str]]:
+        """(title, texts) shown to answer the current question; subclasses define it."""
+        raise NotImplementedError
+
+    def _read_prompt(self) -> str:
+        raise NotImplementedError(f"{type(self).__name__} has no read phase")
+
+    def _commit_read(self, reply: str) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has no read phase")
+
+    def messages(self) -> prompts.Messages:
+        if self.done:
+            raise RuntimeError("episode is over")
+        if self.phase == READ:
+            return [{"role": "user", "content": self._read_prompt()}]
+        title, texts = self._answer_context()
+        self.shown_at_answer[self.question_index] = list(texts)
+        question = self.sample.questions[self.question_index]
+        content = prompts.context_answer_prompt(question, title, "\n\n".join(texts), self.cfg.boxed_answers)
+        return [{"role": "user", "content": content}]
+
+    def observe(self, reply: str) -> list[EmbedRequest]:
+        if self.done:
+            raise RuntimeError("episode is over")
+        self.stats.llm_calls += 1
+        self._reply = reply if isinstance(reply, str) else ""
+        return []  # baselines embed nothing during the rollout (RAG embeds its documents up front)
+
+    def commit(self, vectors: list[np.ndarray] | None = None) -> None:
+        reply, self._reply = self._reply, None
+        if reply is None:
+            raise RuntimeError("commit() without observe()")
+        if self.phase == READ:
+            self._commit_read(reply)
+        else:
+            answer = parse_answer(reply, self.cfg.action_max_chars)
+            if answer is not None:
+                self.predictions[self.question_index] = answer
+                self.stats.ops["answer"] += 1
+            self._on_answer_turn()
+            self.question_index += 1
+            if self.question_index == len(self.sample.questions):
+                self.phase = DONE
+        if not self.done and self.stats.llm_calls >= self.cfg.max_llm_calls:
+            self.phase = DONE
+
+    def step(self, reply: str) -> None:
+        """observe + commit (one episode at a time)."""
+        self.observe(reply)
+        self.commit(None)
+
+    def _on_answer_turn(self) -> None:
+        """Per-question counters of a subclass."""
+
+    def _coverage(self) -> tuple[float | None, float | None]:
+        return None, None
+
+    def result(self) -> EpisodeResult:
+        scores = score_questions(self.predictions, self.sample.answers, boxed=self.cfg.boxed_answers)
+        stored, retrieved = self._coverage()
+        return EpisodeResult(
+            sample_id=self.sample.id, predictions=list(self.predictions), em=scores.em, f1=scores.f1,
+            reward=scores.reward, stats=self.stats, facts_stored=stored, facts_retrieved=retrieved,
+        )  # fmt: skip
+
+
+class FullContextEpisode(_StaticEpisode):
+    """One answer turn per question over the (centre-cut) whole context."""
+
+    def __init__(self, sample: LongContextSample, cfg: AgentConfig, context: str, truncated: bool):
+        super().__init__(sample, cfg)
+        self.context, self.truncated = context, truncated
+
+    def _answer_context(self) -> tuple[str, list[str]]:
+        return "Article", [self.context]
+
+    def _coverage(self) -> tuple[float | None, float | None]:
+        facts = support_sentences(self.sample)
+        # Only questions that were asked saw the context (the call cap may end the episode early).
+        return None, share_covered(facts, [[self.context] if s else [] for s in self.shown_at_answer])
+
+
+class RAGEpisode(_StaticEpisode):
+    """Top-k document retrieval with the question, one answer turn per question.
+
+    Args:
+        doc_vectors / query_vectors: precomputed embeddings of the documents ("Title\\ntext") and of the
+            questions (as queries); computed with the store's embedder when None.
+    """
+
+    def __init__(
+        self,
+        sample: LongContextSample,
+        store: MemoryStore,
+        cfg: AgentConfig,
+        doc_vectors: np.ndarray | None = None,
+        query_vectors: np.ndarray | None = None,
+    ):
+        super().__init__(sample, cfg)
+        self.store = store
+        texts = [document_text(p) for p in sample.documents]
+        if texts:
+            store.create_many(texts, doc_vectors)
+        self.query_vectors = (
+            query_vectors
+            if query_vectors is not None
+            else store.embedder.encode_queries(list(sample.questions))
+        )
+        self.stats.store_sizes.append(len(store))
+
+    def _answer_context(self) -> tuple[str, list[str]]:
+        q = self.question_index
+        found = self.store.read(self.sample.questions[q], self.cfg.top_k, vector=self.query_vectors[q])
+        return "Retrieved documents", [e.text for e in found]
+
+    def _on_answer_turn(self) -> None:
+        self.stats.ops["read"] += 1
+
+    def _coverage(self) -> tuple[float | None, float | None]:
+        facts = support_sentences(self.sample)
+        all_docs = [e.text for e in self.store.entries()]
+        return share_covered(facts, [all_docs] * len(facts)), share_covered(facts, self.shown_at_answer)
+
+
+class MemAgentEpisode(_StaticEpisode):
+    """MemAgent-style overwrite memory: each chunk's reply replaces the memory, then questions are answered."""
+
+    def __init__(self, sample: LongContextSample, chunks: list[str], cfg: AgentConfig, max_memory_chars: int):
+        if not chunks:
+            raise ValueError(f"sample {sample.id}: no chunks (empty context)")
+        if max_memory_chars <= 0:
+            raise ValueError(f"max_memory_chars must be > 0, got {max_memory_chars}")
+        super().__init__(sample, cfg)
+        self.chunks, self.max_memory_chars = chunks, max_memory_chars
+        self.phase = READ
+        self.chunk_index = 0
+        self.memory = ""
+        self.memory_at_end: str | None = None
+
+    def _read_prompt(self) -> str:
+        return prompts.memagent_update_prompt(
+            self.sample.questions, self.memory, self.chunks[self.chunk_index], self.max_memory_chars
+        )
+
+    def _commit_read(self, reply: str) -> None:
+        self.memory = _THINK.sub("", reply).strip()[: self.max_memory_chars].rstrip()
+        self.stats.ops["overwrite"] += 1
+        self.chunk_index += 1
+        if self.chunk_index == len(self.chunks):
+            self.memory_at_end = self.memory
+            self.phase = ANSWER
+
+    def _answer_context(self) -> tuple[str, list[str]]:
+        return "Your memory", [self.memory]
+
+    def _coverage(self) -> tuple[float | None, float | None]:
+        facts = support_sentences(self.sample)
+        held = [self.memory_at_end] if self.memory_at_end is not None else []
+        return share_covered(facts, [held] * len(facts)), share_covered(facts, self.shown_at_answer)
+
+
+def document_text(paragraph) -> str:
+    """How RAG stores a document: "Title\\ntext"."""
+    return f"{paragraph.title}\n{paragraph.text}"
+
+
+# -- factories: EpisodeFactory callables (sample, chunks, store) -> episode ----------------------------------------
+
+
+class _Cache:
+    """A small per-factory cache keyed by sample id: a GRPO group repeats one sample G times."""
+
+    def __init__(self, limit: int = 64):
+        self.limit, self.items = limit, {}
+
+    def get(self, key: str, make):
+        if key not in self.items:
+            if len(self.items) >= self.limit:
+                self.items.clear()
+            self.items[key] = make()
+        return self.items[key]
+
+
+def full_context_episode(
+    cfg: AgentConfig, max_context_tokens: int = 0, tokenizer=None, max_context_chars: int = 0
+) -> EpisodeFactory:
+    """Full-context baseline; the budget is ``max_context_tokens`` (with ``tokenizer``) or ``max_context_chars``."""
+    if (max_context_tokens > 0) == (max_context_chars > 0):
+        raise ValueError(
+            "full_context_episode needs exactly one budget > 0: max_context_tokens (with a tokenizer) or "
+            f"max_context_chars; got max_context_tokens={max_context_tokens}, max_context_chars={max_context_chars}"
+        )
+    if max_context_tokens > 0 and tokenizer is None:
+        raise ValueError("full_context_episode: max_context_tokens needs the policy's tokenizer")
+    cache = _Cache()
+
+    def cut(sample: LongContextSample) -> tuple[str, bool]:
+        if max_context_chars > 0:
+            text = centre_cut_chars(sample.context, max_context_chars)
+        else:
+            text, _ = centre_cut_tokens(sample.context, tokenizer, max_context_tokens)
+        return text, text != sample.context
+
+    def make(sample: LongContextSample, chunks: list[str], store: MemoryStore) -> FullContextEpisode:
+        context, truncated = cache.get(sample.id, lambda: cut(sample))
+        return FullContextEpisode(sample, cfg, context, truncated)
+
+    return make
+
+
+def rag_episode(cfg: AgentConfig) -> EpisodeFactory:
+    """RAG baseline: documents embedded once per sample id (one batch), top-k ``cfg.top_k`` per question."""
+    cache = _Cache()
+
+    def embed(sample: LongContextSample, store: MemoryStore) -> tuple[np.ndarray | None, np.ndarray]:
+        texts = [document_text(p) for p in sample.documents]
+        docs = store.embedder.encode_documents(texts) if texts else None
+        return docs, store.embedder.encode_queries(list(sample.questions))
+
+    def make(sample: LongContextSample, chunks: list[str], store: MemoryStore) -> RAGEpisode:
+        docs, queries = cache.get(sample.id, lambda: embed(sample, store))
+        return RAGEpisode(sample, store, cfg, docs, queries)
+
+    return make
+
+
+def memagent_episode(cfg: AgentConfig, max_memory_chars: int = 2000) -> EpisodeFactory:
+    """MemAgent-style baseline; the rewritten memory is cut to ``max_memory_chars``."""
+    if max_memory_chars <= 0:
+        raise ValueError(f"memagent_episode: max_memory_chars must be > 0, got {max_memory_chars}")
+    return lambda sample, chunks, store: MemAgentEpisode(sample, chunks, cfg, max_memory_chars)

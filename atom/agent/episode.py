@@ -1,0 +1,271 @@
+"""One AtomMem episode: the POMDP of DESIGN.md section 1 as a small state machine.
+
+State: the questions, the scratchpad, the memory store (stable ids), the current read query, the position in the
+chunk stream, and in the answer phase the question being asked and its remaining reads.
+
+Each LLM call is a *turn*: ``messages()`` builds the prompt, the policy replies, ``observe(reply)`` parses and
+validates the actions and returns the texts that need embeddings, and ``commit(vectors)`` executes the actions in
+order. The split lets the rollout engine embed the texts of every episode of a step in one batched call.
+
+Rules (each is tested):
+- read phase: every turn consumes exactly one chunk, whatever the reply (a reply without tags still advances);
+- the read query is persistent: it is re-run at every turn, and a new ``<read>`` is visible from the next turn on
+  (one-step latency); the last read of a reply wins;
+- answer phase: questions are asked in turn; a reply with ``<answer>`` answers (the first one counts); any other
+  reply (a ``<read>``, or nothing usable) spends one of ``answer_reads``; when none are left the prompt demands an
+  answer and a reply without one skips the question (prediction None), so a question costs at most
+  ``answer_reads + 1`` calls;
+- Update/Delete of an id that is not live, actions of the wrong phase, and actions switched off by an ablation are
+  not executed and are counted in ``invalid`` by kind; nothing is fatal;
+- ``max_llm_calls`` caps the episode; unanswered questions then score 0.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from atom.agent import prompts
+from atom.agent.actions import Action, parse_actions
+from atom.data.longcontext import LongContextSample
+from atom.eval.metrics import normalize_answer, score_questions
+from atom.memory.store import Entry, MemoryStore
+
+READ, ANSWER, DONE = "read", "answer", "done"
+
+
+@dataclass
+class AgentConfig:
+    top_k: int = 6  # memories shown per read query
+    answer_reads: int = 3  # reads allowed per question in the answer phase before an answer is demanded
+    max_llm_calls: int = 128  # hard cap on LLM calls per episode (read + answer phase)
+    use_storage: bool = True  # the vector store (Create/Read/Update/Delete); off = scratchpad-only agent
+    use_scratchpad: bool = True  # the always-visible scratchpad; off = store-only agent
+    allow_update: bool = True  # Update on the store (ablation "no Update" removes only this)
+    allow_delete: bool = True  # Delete on the store (ablation "no Delete")
+    scratchpad_max_chars: int = 2000  # the scratchpad is cut to this length
+    action_max_chars: int = 2000  # bodies of actions are cut to this length
+    memory_max_chars: int = 1000  # each retrieved memory is shown cut to this length
+    boxed_answers: bool = False  # the paper's stricter match: answers must be \boxed{...}
+
+    def __post_init__(self) -> None:
+        for name in ("top_k", "max_llm_calls", "scratchpad_max_chars", "action_max_chars", "memory_max_chars"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"agent.{name} must be > 0, got {getattr(self, name)}")
+        if self.answer_reads < 0:
+            raise ValueError(f"agent.answer_reads must be >= 0, got {self.answer_reads}")
+
+    @property
+    def read_phase_ops(self) -> tuple[str, ...]:
+        ops = []
+        if self.use_storage:
+            ops += ["create", "read"] + ["update"] * self.allow_update + ["delete"] * self.allow_delete
+        if self.use_scratchpad:
+            ops.append("scratchpad")
+        return tuple(ops)
+
+    @property
+    def prompt_ops(self) -> tuple[str, ...]:
+        return self.read_phase_ops + ("answer",)
+
+
+@dataclass
+class EpisodeStats:
+    ops: Counter = field(default_factory=Counter)  # executed actions by kind
+    invalid: Counter = field(default_factory=Counter)  # ignored actions by kind (+ "unknown")
+    store_sizes: list[int] = field(default_factory=list)  # live store entries after each read-phase turn
+    llm_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class EpisodeResult:
+    sample_id: str
+    predictions: list[str | None]  # one per question; None = never answered
+    em: list[float]
+    f1: list[float]
+    reward: float  # mean EM over the questions, in [0, 1]
+    stats: EpisodeStats
+    facts_stored: float | None  # share of gold supporting sentences held by the store at the end of reading
+    facts_retrieved: float | None  # share shown among the memories when each question was answered
+
+
+@dataclass
+class EmbedRequest:
+    text: str
+    query: bool  # True: embed as a query (instruction prefix); False: as a document
+
+
+class Episode:
+    """The AtomMem CRUD agent over one long-context sample."""
+
+    def __init__(self, sample: LongContextSample, chunks: list[str], store: MemoryStore, cfg: AgentConfig):
+        if not chunks:
+            raise ValueError(f"sample {sample.id}: no chunks (empty context)")
+        self.sample, self.chunks, self.store, self.cfg = sample, chunks, store, cfg
+        self.stats = EpisodeStats()
+        self.phase = READ
+        self.chunk_index = 0
+        self.question_index = 0
+        self.reads_left = cfg.answer_reads
+        self.scratchpad = ""
+        self.query = ""
+        self.query_vector: np.ndarray | None = None
+        self.predictions: list[str | None] = [None] * len(sample.questions)
+        self.shown_at_answer: list[list[str]] = [[] for _ in sample.questions]
+        self.stored_at_end: list[str] | None = None
+        self._pending: list[Action] = []
+        self.last_shown: list[Entry] = []
+
+    @property
+    def done(self) -> bool:
+        return self.phase == DONE
+
+    # -- prompts -----------------------------------------------------------------------------------------------
+
+    def _results(self) -> list[Entry] | None:
+        if not self.cfg.use_storage:
+            return None
+        if self.query_vector is None:
+            return []
+        return self.store.read(self.query, self.cfg.top_k, vector=self.query_vector)
+
+    def messages(self) -> prompts.Messages:
+        """The prompt of the next LLM call (system + user)."""
+        if self.done:
+            raise RuntimeError("episode is over")
+        results = self._results()
+        self.last_shown = results or []
+        pad = self.scratchpad if self.cfg.use_scratchpad else None
+        if self.phase == READ:
+            user = prompts.read_prompt(
+                self.sample.questions, pad, self.query, results, self.chunks[self.chunk_index],
+                self.chunk_index, len(self.chunks), self.cfg.memory_max_chars,
+            )  # fmt: skip
+        else:
+            reads_left = self.reads_left if self.cfg.use_storage else 0
+            user = prompts.answer_prompt(
+                self.sample.questions[self.question_index], pad, self.query, results, reads_left,
+                self.cfg.memory_max_chars, self.cfg.boxed_answers,
+            )  # fmt: skip
+        return [
+            {"role": "system", "content": prompts.system_prompt(self.cfg.prompt_ops)},
+            {"role": "user", "content": user},
+        ]
+
+    # -- acting ------------------------------------------------------------------------------------------------
+
+    def observe(self, reply: str) -> list[EmbedRequest]:
+        """Parse and validate ``reply``; return the texts to embed, in the order ``commit`` expects vectors."""
+        if self.done:
+            raise RuntimeError("episode is over")
+        self.stats.llm_calls += 1
+        parsed = parse_actions(reply, max_text_chars=self.cfg.action_max_chars)
+        self.stats.invalid.update(parsed.invalid)
+        allowed = self.cfg.read_phase_ops if self.phase == READ else self._answer_ops()
+        live = set(self.store.ids())
+        valid: list[Action] = []
+        for action in parsed.actions:
+            if action.kind not in allowed:
+                self.stats.invalid[action.kind] += 1
+                continue
+            if action.kind in ("update", "delete"):
+                if action.id not in live:
+                    self.stats.invalid[action.kind] += 1
+                    continue
+                if action.kind == "delete":
+                    live.discard(action.id)
+            valid.append(action)
+        if self.phase == ANSWER:
+            valid = self._answer_turn(valid)
+        self._pending = valid
+        return [EmbedRequest(a.text, query=a.kind == "read") for a in valid if a.kind in ("create", "update", "read")]
+
+    def _answer_ops(self) -> tuple[str, ...]:
+        can_read = self.cfg.use_storage and self.reads_left > 0
+        return ("answer", "read") if can_read else ("answer",)
+
+    def _answer_turn(self, valid: list[Action]) -> list[Action]:
+        answers = [a for a in valid if a.kind == "answer"]
+        if answers:
+            return answers[:1]
+        reads = [a for a in valid if a.kind == "read"]
+        return reads[-1:]
+
+    def commit(self, vectors: list[np.ndarray] | None = None) -> None:
+        """Execute the observed actions in order (``vectors`` match ``observe``'s requests), then advance."""
+        pending, self._pending = self._pending, []
+        vecs = iter(vectors if vectors is not None else [None] * len(pending))
+        for action in pending:
+            if action.kind == "create":
+                self.store.create(action.text, vector=next(vecs))
+            elif action.kind == "update":
+                self.store.update(action.id, action.text, vector=next(vecs))
+            elif action.kind == "delete":
+                self.store.delete(action.id)
+            elif action.kind == "read":
+                self.query, self.query_vector = action.text, next(vecs, None)
+                if self.query_vector is None:
+                    self.query_vector = self.store.embedder.encode_queries([action.text])[0]
+            elif action.kind == "scratchpad":
+                self.scratchpad = action.text[: self.cfg.scratchpad_max_chars]
+            elif action.kind == "answer":
+                self.predictions[self.question_index] = action.text
+            self.stats.ops[action.kind] += 1
+        self._advance([a.kind for a in pending])
+
+    def step(self, reply: str) -> None:
+        """observe + commit with the store's own embedder (one episode at a time)."""
+        self.observe(reply)
+        self.commit(None)
+
+    def _advance(self, kinds: list[str]) -> None:
+        if self.phase == READ:
+            self.stats.store_sizes.append(len(self.store))
+            self.chunk_index += 1
+            if self.chunk_index == len(self.chunks):
+                self.stored_at_end = [e.text for e in self.store.entries()]
+                self._start_question(0)
+        elif "answer" in kinds or self.reads_left == 0 or not self.cfg.use_storage:
+            # Answered, or told to answer and did not: the question is closed (skipped scores 0).
+            self.shown_at_answer[self.question_index] = [e.text for e in self.last_shown]
+            self._start_question(self.question_index + 1)
+        else:  # a read, or a reply with neither: both spend one of the question's turns
+            self.reads_left -= 1
+        if not self.done and self.stats.llm_calls >= self.cfg.max_llm_calls:
+            self.phase = DONE
+
+    def _start_question(self, index: int) -> None:
+        self.question_index = index
+        self.reads_left = self.cfg.answer_reads
+        self.phase = ANSWER if index < len(self.sample.questions) else DONE
+
+    # -- scoring -----------------------------------------------------------------------------------------------
+
+    def result(self) -> EpisodeResult:
+        scores = score_questions(self.predictions, self.sample.answers, boxed=self.cfg.boxed_answers)
+        stored, retrieved = self._fact_coverage()
+        return EpisodeResult(
+            sample_id=self.sample.id, predictions=list(self.predictions), em=scores.em, f1=scores.f1,
+            reward=scores.reward, stats=self.stats, facts_stored=stored, facts_retrieved=retrieved,
+        )  # fmt: skip
+
+    def _fact_coverage(self) -> tuple[float | None, float | None]:
+        """Shares of gold supporting sentences found (normalised substring) in the store / in answer-time reads."""
+        facts = [
+            [normalize_answer(self.sample.documents[d].sentences[s]) for d, s in per_q]
+            for per_q in self.sample.supporting_facts
+        ]
+        total = sum(len(f) for f in facts)
+        if total == 0 or not self.cfg.use_storage:
+            return None, None
+        store = [normalize_answer(t) for t in (self.stored_at_end or [])]
+        stored = sum(any(f and f in t for t in store) for per_q in facts for f in per_q)
+        retrieved = 0
+        for q, per_q in enumerate(facts):
+            shown = [normalize_answer(t) for t in self.shown_at_answer[q]]
+            retrieved += sum(any(f and f in t for t in shown) for f in per_q)
+        return stored / total, retrieved / total

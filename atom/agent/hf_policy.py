@@ -1,0 +1,155 @@
+"""A transformers policy: chat template -> token ids -> batched ``generate`` -> ids, log-probs, text.
+
+Sampling log-probabilities are recorded *while generating* by a logits processor that sits before the temperature
+and top-p warpers: for each sampled token it keeps ``log_softmax(logits / T)[token]``, the behaviour policy's
+log-probability that GRPO's ratio divides by (the un-truncated tempered distribution, which is also what the
+trainer recomputes). Greedy decoding (T = 0) records log-probs at T = 1. Only one (batch, vocab) buffer is held.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from atom.agent.prompts import Messages
+from atom.agent.rollout import Reply
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0  # 0 = greedy; the paper samples at 1.0 for RL and decodes greedily for validation
+    top_p: float = 1.0  # nucleus sampling mass (the release used 0.99)
+    max_new_tokens: int = 512  # completion length cap per turn
+    batch_size: int = 16  # sequences per generate call (the step's prompts are split into such batches)
+    seed: int = 0  # base seed; call n of a policy uses seed + n, so a seeded run repeats exactly
+    thinking: bool = False  # pass enable_thinking to chat templates that know it (Qwen3)
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"sampling.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens <= 0 or self.batch_size <= 0:
+            raise ValueError("sampling.max_new_tokens and sampling.batch_size must be > 0")
+
+
+def encode_prompt(tokenizer, messages: Messages, thinking: bool = False) -> list[int]:
+    """Chat-template token ids of ``messages`` with the assistant generation prompt appended."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, enable_thinking=thinking)
+    if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def centre_truncate(ids: list[int], limit: int) -> list[int]:
+    """Keep the head (system prompt, questions) and the tail (latest instructions) of an over-long prompt."""
+    if len(ids) <= limit:
+        return ids
+    head = limit // 2
+    return ids[:head] + ids[len(ids) - (limit - head) :]
+
+
+class _LogprobRecorder(LogitsProcessor):
+    """Records the log-prob of each sampled token under softmax(logits / T) (see module docstring)."""
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature if temperature > 0 else 1.0
+        self.prev: torch.Tensor | None = None
+        self.out: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.prev is not None:  # input_ids now ends with the token sampled from self.prev
+            self.out.append(self.prev.gather(1, input_ids[:, -1:]).squeeze(1))
+        self.prev = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def finish(self, sequences: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        if self.prev is not None and len(self.out) < new_tokens:
+            self.out.append(self.prev.gather(1, sequences[:, -1:]).squeeze(1))
+        return torch.stack(self.out, dim=1) if self.out else sequences.new_zeros((len(sequences), 0), dtype=torch.float)
+
+
+class HFPolicy:
+    """Any causal LM with a chat template. ``act`` returns one Reply per prompt, in order."""
+
+    def __init__(self, model, tokenizer, sampling: SamplingConfig, max_prompt_tokens: int = 0):
+        self.model, self.tokenizer, self.sampling = model, tokenizer, sampling
+        self.max_prompt_tokens = max_prompt_tokens  # 0 = no limit; longer prompts are centre-truncated
+        self.calls = 0
+        self.truncated_prompts = 0
+        eos = {tokenizer.eos_token_id}
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+        self.eos_ids = sorted(i for i in eos if i is not None)
+
+    def encode(self, messages: Messages) -> list[int]:
+        """Prompt token ids with the generation prompt appended, centre-truncated to ``max_prompt_tokens``."""
+        ids = encode_prompt(self.tokenizer, messages, self.sampling.thinking)
+        if self.max_prompt_tokens and len(ids) > self.max_prompt_tokens:
+            self.truncated_prompts += 1
+            ids = centre_truncate(ids, self.max_prompt_tokens)
+        return ids
+
+    def act(self, episodes: Sequence, messages: Sequence[Messages]) -> list[Reply]:
+        prompts = [self.encode(m) for m in messages]
+        return self.generate_ids(prompts)
+
+    @torch.no_grad()
+    def generate_ids(self, prompts: list[list[int]]) -> list[Reply]:
+        """Generate from token-id prompts in batches (sorted by length to limit padding), results in input order."""
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        replies: list[Reply | None] = [None] * len(prompts)
+        bs = self.sampling.batch_size
+        for start in range(0, len(order), bs):
+            idx = order[start : start + bs]
+            for i, reply in zip(idx, self._generate_batch([prompts[i] for i in idx])):
+                replies[i] = reply
+        return replies  # type: ignore[return-value]
+
+    def _generate_batch(self, prompts: list[list[int]]) -> list[Reply]:
+        s = self.sampling
+        device = next(self.model.parameters()).device
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, p in enumerate(prompts):  # left padding
+            input_ids[row, width - len(p) :] = torch.tensor(p)
+            attention[row, width - len(p) :] = 1
+        config = GenerationConfig(
+            do_sample=s.temperature > 0,
+            temperature=s.temperature if s.temperature > 0 else None,
+            top_p=s.top_p if s.temperature > 0 else None,
+            top_k=0,  # transformers' default top-k of 50 would silently change the sampling distribution
+            max_new_tokens=s.max_new_tokens,
+            pad_token_id=pad,
+            eos_token_id=self.eos_ids,
+            repetition_penalty=1.0,
+        )
+        recorder = _LogprobRecorder(s.temperature)
+        self.calls += 1
+        was_training = self.model.training
+        self.model.eval()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(s.seed + self.calls)
+            out = self.model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                generation_config=config,
+                logits_processor=LogitsProcessorList([recorder]),
+            )
+        self.model.train(was_training)
+        new = out[:, width:].cpu()
+        logprobs = recorder.finish(out, new.shape[1]).cpu()
+        replies = []
+        eos = torch.tensor(self.eos_ids)
+        for row, p in enumerate(prompts):
+            ends = torch.isin(new[row], eos).nonzero()
+            length = int(ends[0]) + 1 if len(ends) else new.shape[1]
+            ids = new[row, :length]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            replies.append(Reply(text, torch.tensor(p), ids.clone(), logprobs[row, :length].clone()))
+        return replies

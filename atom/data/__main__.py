@@ -1,0 +1,137 @@
+"""``python -m atom.data CONFIG [key=value ...] [--split both|train|val|all] [--out FILE]``: sample statistics.
+
+Builds the long-context samples the config describes and prints, per split: samples, questions, documents,
+tokens (policy tokenizer) and chunks per sample (mean/min/max), the share of samples whose context was
+centre-truncated, and the share of samples whose supporting paragraphs all survived, first into the documents and
+then also through the centre truncation at ``data.max_chunks``. ``--split all`` uses every record in file order
+(no train/validation split). Each context is tokenized once.
+
+Example (the paper's HotpotQA setting over the shipped sample):
+
+    python -m atom.data experiments/quickstart.yaml data.dataset=hotpotqa \\
+        data.path=../shared/data/hotpotqa/hotpot_dev_distractor_v1.sample.json data.num_docs=200 data.val_fraction=1.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from atom.config import load_config
+from atom.data.chunker import TokenChunker
+from atom.data.datamodule import AtomDataModule
+from atom.data.longcontext import LongContextSample, document_spans
+from atom.data.records import QARecord
+from atom.train.models import load_tokenizer
+
+
+def _summary(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {"mean": 0.0, "min": 0.0, "max": 0.0}
+    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
+
+
+def _covered(span: tuple[int, int], kept: list[tuple[int, int]]) -> bool:
+    return any(start <= span[0] and span[1] <= end for start, end in kept)
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def split_stats(
+    samples: Sequence[LongContextSample], records: dict[str, QARecord], chunker: TokenChunker
+) -> dict[str, object]:
+    """Statistics of one split's samples (see the module docstring)."""
+    tokens, chunks, truncated, in_docs, survived = [], [], 0, 0, 0
+    for sample in samples:
+        tokenized = chunker.encode(sample.context)
+        windows = chunker.windows(len(tokenized))
+        tokens.append(len(tokenized))
+        chunks.append(len(windows))
+        truncated += len(windows) < chunker.total_windows(len(tokenized))
+        wanted = [len({records[r].paragraphs[j].key for j in records[r].supporting}) for r in sample.record_ids]
+        all_in = all(len(set(docs)) == n for docs, n in zip(sample.supporting_docs, wanted))
+        kept = _merge([tokenized.span(start, end) for _, start, end in windows])
+        spans = document_spans(sample.documents)
+        all_kept = all(_covered(spans[d], kept) for docs in sample.supporting_docs for d in docs)
+        in_docs += all_in
+        survived += all_in and all_kept
+    n = max(1, len(samples))
+    return {
+        "samples": len(samples),
+        "questions": sum(len(s.questions) for s in samples),
+        "questions_per_sample": _summary([len(s.questions) for s in samples]),
+        "documents_per_sample": _summary([len(s.documents) for s in samples]),
+        "tokens_per_sample": _summary(tokens),
+        "chunks_per_sample": _summary(chunks),
+        "truncated_share": truncated / n,
+        "support_in_documents_share": in_docs / n,
+        "support_survived_share": survived / n,
+    }
+
+
+def _print(name: str, stats: dict) -> None:
+    def fmt(key: str, digits: int = 1) -> str:
+        s = stats[key]
+        return f"{s['mean']:.{digits}f} (min {s['min']:g}, max {s['max']:g})"
+
+    print(f"[{name}] {stats['samples']} samples, {stats['questions']} questions")
+    if not stats["samples"]:
+        return
+    print(f"  questions/sample  {fmt('questions_per_sample', 2)}")
+    print(f"  documents/sample  {fmt('documents_per_sample')}")
+    print(f"  tokens/sample     {fmt('tokens_per_sample', 0)}")
+    print(f"  chunks/sample     {fmt('chunks_per_sample', 2)}   truncated: {stats['truncated_share']:.1%}")
+    print(
+        f"  supporting paragraphs all kept: in documents {stats['support_in_documents_share']:.1%}, "
+        f"after truncation {stats['support_survived_share']:.1%}"
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m atom.data", description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="experiment YAML (its data and model sections are used)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.num_docs=400")
+    parser.add_argument("--split", choices=("both", "train", "val", "all"), default="both",
+                        help="which samples: train and val (default), one of them, or all records unsplit")
+    parser.add_argument("--out", help="also write the statistics as JSON to this file")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    start = time.perf_counter()
+    data = AtomDataModule(cfg.data)
+    data.setup()
+    if args.split == "all":
+        splits = {"all": data.all_samples()}
+    else:
+        names = ("train", "val") if args.split == "both" else (args.split,)
+        splits = {name: getattr(data, f"{name}_samples") for name in names}
+    d = cfg.data
+    chunker = TokenChunker(load_tokenizer(cfg.model), d.chunk_tokens, d.chunk_overlap, d.max_chunks)
+    records = {r.id: r for r in data.records}
+    print(f"{d.dataset}: {len(data.records)} records, num_docs={d.num_docs}, tokenizer {cfg.model.name_or_path}")
+    result = {"data": asdict(cfg.data), "tokenizer": cfg.model.name_or_path, "splits": {}}
+    for name, samples in splits.items():
+        result["splits"][name] = split_stats(samples, records, chunker)
+        _print(name, result["splits"][name])
+    result["seconds"] = time.perf_counter() - start
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""``DataConfig`` and the Lightning data module: records -> train/validation split -> long-context samples.
+
+The split is made on records, before grouping, by a seeded permutation: ``round(val_fraction * n)`` records (at
+least one when val_fraction > 0) go to validation, the rest to training, and both keep file order so questions are
+grouped in file order as the protocol says. The distractor pool of both splits is every paragraph of every loaded
+record. Batches are plain lists of ``LongContextSample`` (episodes are built from them by the rollout engine).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import lightning
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from atom.data.longcontext import LongContextSample, build_samples, paragraph_pool
+from atom.data.loaders import load_records
+from atom.data.records import DATASETS, QARecord
+from atom.data.synthetic import SyntheticConfig
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"  # hotpotqa | 2wiki | musique | synthetic
+    path: str = ""  # local file in the original format, or a datasets hub id (unused for synthetic)
+    hub_config: str = ""  # datasets config name of a hub id ("" = default; hotpot_qa needs "distractor")
+    hub_split: str = "validation"  # datasets split of a hub id
+    max_records: int = 0  # use the first N records in file order; 0 = all
+    val_fraction: float = 0.2  # share of records held out for validation/evaluation; 1.0 = all are evaluation
+    num_docs: int = 200  # documents per long-context sample (the paper: 200 / 400 / 800)
+    single_question_prob: float = 0.5  # probability that a sample has one question (else 2..max_questions)
+    max_questions: int = 10  # most questions grouped into one sample
+    seed: int = 0  # seed of the split, the grouping, the distractors and the document order
+    chunk_tokens: int = 4096  # tokens per chunk the agent reads per step
+    chunk_overlap: int = 100  # tokens shared by consecutive chunks
+    max_chunks: int = 40  # centre-truncate contexts to this many chunks; 0 = never truncate
+    batch_size: int = 1  # samples per batch
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # the synthetic task (dataset=synthetic)
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"data.dataset must be one of {list(DATASETS)}, got '{self.dataset}'")
+        if self.max_records < 0:
+            raise ValueError(f"data.max_records must be >= 0 (0 = all), got {self.max_records}")
+        if not 0.0 <= self.val_fraction <= 1.0:
+            raise ValueError(f"data.val_fraction must be in [0, 1], got {self.val_fraction}")
+        if self.num_docs < 1:
+            raise ValueError(f"data.num_docs must be >= 1, got {self.num_docs}")
+        if not 0.0 <= self.single_question_prob <= 1.0:
+            raise ValueError(f"data.single_question_prob must be in [0, 1], got {self.single_question_prob}")
+        if self.max_questions < 1:
+            raise ValueError(f"data.max_questions must be >= 1, got {self.max_questions}")
+        if self.chunk_tokens < 1:
+            raise ValueError(f"data.chunk_tokens must be >= 1, got {self.chunk_tokens}")
+        if not 0 <= self.chunk_overlap < self.chunk_tokens:
+            raise ValueError(
+                f"data.chunk_overlap must be in 0..chunk_tokens - 1 ({self.chunk_tokens - 1}), got {self.chunk_overlap}"
+            )
+        if self.max_chunks < 0:
+            raise ValueError(f"data.max_chunks must be >= 0 (0 = no truncation), got {self.max_chunks}")
+        if self.batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
+
+
+def split_records(records: list[QARecord], val_fraction: float, seed: int) -> tuple[list[QARecord], list[QARecord]]:
+    """(train, validation) by a seeded permutation of ``records``; each part keeps file order."""
+    n = len(records)
+    n_val = min(n, max(1, round(val_fraction * n))) if val_fraction > 0 and n else 0
+    held_out = set(random.Random(seed).sample(range(n), n)[:n_val])  # the first n_val of a seeded permutation
+    return [r for i, r in enumerate(records) if i not in held_out], [r for i, r in enumerate(records) if i in held_out]
+
+
+class EpochShuffler(Sampler[int]):
+    """A permutation of ``range(n)`` drawn from ``seed + epoch``.
+
+    Lightning calls ``set_epoch`` at the start of every epoch, so the order of epoch k is the same whether training
+    ran straight through or resumed from a checkpoint taken at an epoch boundary.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def collate_samples(batch: list[LongContextSample]) -> list[LongContextSample]:
+    """Batches stay lists of samples: episodes, not tensors, are built from them."""
+    return list(batch)
+
+
+class AtomDataModule(lightning.LightningDataModule):
+    """Loads the records once, splits them, and serves long-context samples in lists of ``batch_size``."""
+
+    def __init__(self, cfg: DataConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.records: list[QARecord] = []
+        self.train_records: list[QARecord] = []
+        self.val_records: list[QARecord] = []
+        self.train_samples: list[LongContextSample] = []
+        self.val_samples: list[LongContextSample] = []
+        self._ready = False
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:  # Lightning calls setup once per stage; the samples must not change between them
+            return
+        self.records = load_records(self.cfg)
+        self.train_records, self.val_records = split_records(self.records, self.cfg.val_fraction, self.cfg.seed)
+        pool = paragraph_pool(self.records)
+        self.train_samples = build_samples(self.train_records, self.cfg, pool, split="train")
+        self.val_samples = build_samples(self.val_records, self.cfg, pool, split="val")
+        self._ready = True
+
+    def all_samples(self) -> list[LongContextSample]:
+        """Samples built from every loaded record (file order, no split), as an evaluation set would be."""
+        self.setup()
+        return build_samples(self.records, self.cfg, paragraph_pool(self.records), split="all")
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        sampler = EpochShuffler(len(self.train_samples), self.cfg.seed)
+        return DataLoader(
+            self.train_samples, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=collate_samples
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(self.val_samples, batch_size=self.cfg.batch_size, shuffle=False, collate_fn=collate_samples)

@@ -1,0 +1,79 @@
+"""The record types every dataset is converted into: a paragraph of sentences and a multi-hop QA record.
+
+HotpotQA, 2WikiMultihopQA, MuSiQue and the synthetic task all become ``QARecord``s, so the long-context builder,
+the oracle teacher and the metrics never look at a dataset's own layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DATASETS = ("hotpotqa", "2wiki", "musique", "synthetic")
+
+
+class DataError(ValueError):
+    """A data file or record that does not fit its documented format (names the file, the record and the problem)."""
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    """A titled paragraph, kept as its sentences so that gold facts can point at (paragraph, sentence)."""
+
+    title: str
+    sentences: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        """The sentences as one string, exactly as upstream reads them.
+
+        HotpotQA keeps the separating space at the start of every sentence after the first, so those sentences are
+        concatenated as they are; 2WikiMultihopQA and the synthetic task store bare sentences, which get one
+        space between them. One rule serves both: a single space is inserted only where a sentence does not already
+        start with whitespace.
+        """
+        parts: list[str] = []
+        for i, sentence in enumerate(self.sentences):
+            if i > 0 and sentence and not sentence[0].isspace():
+                parts.append(" ")
+            parts.append(sentence)
+        return "".join(parts)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Identity used for de-duplication across records: (title, text)."""
+        return (self.title, self.text)
+
+
+@dataclass(frozen=True)
+class QARecord:
+    """One question with its paragraphs and gold evidence, in the common layout of every dataset."""
+
+    id: str
+    question: str
+    answers: tuple[str, ...]  # gold answer first, then aliases, de-duplicated
+    paragraphs: tuple[Paragraph, ...]
+    supporting: tuple[int, ...]  # indices into paragraphs of the supporting paragraphs, ascending
+    supporting_sentences: tuple[tuple[int, int], ...]  # (paragraph index, sentence index) gold facts, ascending
+    dataset: str  # one of DATASETS
+
+    def __post_init__(self) -> None:
+        # Loaders raise DataError with file context before building a record; these checks guard hand-built ones.
+        if not self.answers:
+            raise ValueError(f"record {self.id!r}: answers is empty")
+        n = len(self.paragraphs)
+        if any(not 0 <= i < n for i in self.supporting):
+            raise ValueError(f"record {self.id!r}: supporting index out of range 0..{n - 1}: {self.supporting}")
+        for p, s in self.supporting_sentences:
+            if not 0 <= p < n or not 0 <= s < len(self.paragraphs[p].sentences):
+                raise ValueError(f"record {self.id!r}: supporting sentence ({p}, {s}) does not exist")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"record {self.id!r}: dataset must be one of {list(DATASETS)}, got {self.dataset!r}")
+
+
+def dedupe(items: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Drop repeated and empty strings, keeping the first occurrence's position."""
+    seen: dict[str, None] = {}
+    for item in items:
+        if item and item not in seen:
+            seen[item] = None
+    return tuple(seen)

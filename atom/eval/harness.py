@@ -1,0 +1,112 @@
+"""The evaluation harness: run the AtomMem agent, the oracle and the static baselines on the same samples.
+
+Every method goes through the same ``RolloutEngine``, chunker, embedder and metric, so rows of the table are
+comparable. Used by ``python -m atom.evaluate`` and by the final ``eval`` stage of ``python -m atom.fit``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from atom.agent.episode import AgentConfig
+from atom.agent.hf_policy import HFPolicy, SamplingConfig
+from atom.agent.rollout import RolloutEngine, Trajectory, atommem_episode
+from atom.data.chunker import TokenChunker
+from atom.data.longcontext import LongContextSample
+from atom.eval.report import markdown_table, summarize, write_results
+
+log = logging.getLogger(__name__)
+
+METHODS = ("atommem", "oracle", "full_context", "rag", "memagent")
+
+
+@dataclass
+class EvalConfig:
+    methods: list[str] = field(default_factory=lambda: ["atommem"])  # rows: atommem oracle full_context rag memagent
+    max_samples: int = 0  # evaluate the first N validation samples; 0 = all
+    temperature: float = 0.0  # decoding temperature at evaluation (0 = greedy, as the paper validates)
+    checkpoint: str = ""  # a saved policy directory (atom.fit output) to evaluate instead of model.name_or_path
+    memagent_memory_chars: int = 2000  # MemAgent baseline: bound on the rewritten memory
+    full_context_tokens: int = 0  # full-context baseline budget; 0 = model window minus sampling.max_new_tokens
+    before_training: bool = False  # atom.fit: also evaluate the untrained policy (a before/after table)
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ValueError(f"eval.methods: unknown or empty {bad or self.methods}; valid methods: {list(METHODS)}")
+        if self.max_samples < 0 or self.temperature < 0:
+            raise ValueError("eval.max_samples and eval.temperature must be >= 0")
+
+
+def episode_factory(method: str, agent: AgentConfig, ecfg: EvalConfig, window_tokens: int, tokenizer):
+    """The episode kind of a method (``oracle`` runs the AtomMem episode with the oracle policy)."""
+    from atom.agent import baselines
+
+    if method in ("atommem", "oracle"):
+        return atommem_episode(agent)
+    if method == "rag":
+        return baselines.rag_episode(agent)
+    if method == "memagent":
+        return baselines.memagent_episode(agent, max_memory_chars=ecfg.memagent_memory_chars)
+    return baselines.full_context_episode(agent, max_context_tokens=window_tokens, tokenizer=tokenizer)
+
+
+def evaluate(
+    samples: Sequence[LongContextSample],
+    methods: Sequence[str],
+    *,
+    agent: AgentConfig,
+    ecfg: EvalConfig,
+    sampling: SamplingConfig,
+    chunker: TokenChunker,
+    embedder,
+    memory_cfg,
+    model=None,
+    tokenizer=None,
+    window_tokens: int = 2048,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, dict], dict[str, list[Trajectory]]]:
+    """Run each method over ``samples``; return (summary per method, trajectories per method)."""
+    from atom.agent.oracle import OraclePolicy
+
+    greedy = dataclasses.replace(sampling, temperature=ecfg.temperature)
+    rows: dict[str, dict] = {}
+    trajectories: dict[str, list[Trajectory]] = {}
+    for method in methods:
+        if method == "oracle":
+            policy = OraclePolicy()
+        else:
+            if model is None:
+                raise ValueError(f"eval method '{method}' needs a model")
+            policy = HFPolicy(model, tokenizer, greedy, max_prompt_tokens=window_tokens - greedy.max_new_tokens)
+        budget = ecfg.full_context_tokens or window_tokens - greedy.max_new_tokens - 256
+        engine = RolloutEngine(
+            policy, embedder, chunker, memory_cfg, episode_factory(method, agent, ecfg, budget, tokenizer)
+        )
+        bar = tqdm(total=len(samples), desc=f"eval {method}", disable=not progress, leave=False)
+        done = [0]
+
+        def tick(n: int) -> None:
+            bar.update(n - done[0])
+            done[0] = n
+
+        start = time.perf_counter()
+        trajs = engine.run(samples, progress=tick)
+        bar.close()
+        rows[method] = summarize(trajs, time.perf_counter() - start)
+        trajectories[method] = trajs
+        log.info("%s: EM %.1f F1 %.1f", method, rows[method]["em"], rows[method]["f1"])
+    if out_dir is not None:
+        write_results(out_dir, rows, trajectories, {"samples": len(samples), "methods": list(methods)})
+    return rows, trajectories
+
+
+__all__ = ["EvalConfig", "METHODS", "evaluate", "markdown_table"]

@@ -1,0 +1,158 @@
+"""``python -m atom.fit CONFIG [key=value ...]``: run the stages of ``run.stages`` (sft, grpo, eval) in order.
+
+Every piece is built here, explicitly, from the config: samples (AtomDataModule), tokenizer and policy
+(``load_model``), embedder, chunker, the rollout engine, then the stage's LightningModule and Trainer. The run
+directory ``<run.out_dir>/<run.name>/`` holds ``config.yaml`` (resolved), ``tb/<stage>/`` (TensorBoard),
+``checkpoints/<stage>/last.ckpt``, ``policy/`` (the trained model, loadable by transformers and atom.evaluate)
+and ``eval/results.{json,md}``. Running the same command again resumes each stage from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from atom.agent.oracle import OraclePolicy
+from atom.agent.rollout import RolloutEngine, atommem_episode
+from atom.config import Config, load_config, save_config
+from atom.data.chunker import TokenChunker
+from atom.data.datamodule import AtomDataModule
+from atom.eval.harness import evaluate, markdown_table
+from atom.memory.embedder import build_embedder
+from atom.train.grpo import GRPOModule
+from atom.train.models import context_window, load_model, load_tokenizer
+from atom.train.sft import DemoDataset, SFTModule, collate, demos_from_trajectories, read_demos, steps_per_epoch
+from atom.train.trainer import build_trainer, resume_path
+
+log = logging.getLogger("atom.fit")
+
+
+class Pipeline:
+    """The pieces every stage shares, built once."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.run_dir = cfg.run.dir
+        L.seed_everything(cfg.run.seed, verbose=False)
+        self.data = AtomDataModule(cfg.data)
+        self.data.setup()
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.model = load_model(cfg.model, seed=cfg.run.seed)
+        self.window = context_window(cfg.model, self.model)
+        self.embedder = build_embedder(cfg.memory)
+        self.chunker = TokenChunker(self.tokenizer, cfg.data.chunk_tokens, cfg.data.chunk_overlap, cfg.data.max_chunks)
+
+    def engine(self, policy) -> RolloutEngine:
+        return RolloutEngine(policy, self.embedder, self.chunker, self.cfg.memory, atommem_episode(self.cfg.agent))
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        return self.window - self.cfg.sampling.max_new_tokens
+
+
+def run_sft(p: Pipeline) -> None:
+    cfg = p.cfg
+    if cfg.sft.demos:
+        demos = read_demos(cfg.sft.demos, cfg.sft.min_reward)
+    else:
+        trajectories = p.engine(OraclePolicy()).run(p.data.train_samples)
+        demos = demos_from_trajectories(trajectories, cfg.sft.min_reward)
+    if not demos:
+        raise ValueError("SFT: no demonstration passed sft.min_reward; lower it or collect better trajectories")
+    log.info("SFT on %d turns", len(demos))
+    dataset = DemoDataset(demos, p.tokenizer, min(cfg.sft.max_tokens, p.window))
+    loader = DataLoader(
+        dataset, batch_size=cfg.sft.batch_size, shuffle=True, num_workers=0,
+        generator=torch.Generator().manual_seed(cfg.run.seed),
+        collate_fn=lambda b: collate(b, p.tokenizer.pad_token_id),
+    )  # fmt: skip
+    per_epoch = steps_per_epoch(len(dataset), cfg.sft)
+    trainer = build_trainer(
+        cfg.trainer, p.run_dir, "sft", every_n_steps=per_epoch, max_epochs=cfg.sft.epochs,
+        accumulate_grad_batches=cfg.sft.accumulate, gradient_clip_val=cfg.sft.grad_clip or None,
+    )  # fmt: skip
+    trainer.fit(SFTModule(p.model, cfg.sft), loader, ckpt_path=resume_path(cfg.trainer, p.run_dir, "sft"),
+                weights_only=True)  # fmt: skip
+
+
+def run_grpo(p: Pipeline) -> None:
+    cfg = p.cfg
+    ref = None
+    if cfg.grpo.kl_coef > 0 and not cfg.model.lora.enabled:
+        ref = copy.deepcopy(p.model)  # full fine-tuning: the reference is a frozen copy of the starting policy
+    module = GRPOModule(
+        p.model, p.tokenizer, cfg.grpo, cfg.sampling, p.engine, p.data.train_samples, p.data.val_samples,
+        ref_model=ref, seed=cfg.run.seed, max_prompt_tokens=p.max_prompt_tokens,
+    )  # fmt: skip
+    steps = DataLoader(range(cfg.grpo.max_steps), batch_size=1)  # one item per rollout step; prompts: the schedule
+    trainer = build_trainer(
+        cfg.trainer, p.run_dir, "grpo", every_n_steps=cfg.grpo.checkpoint_every * cfg.grpo.updates_per_batch,
+        max_epochs=1,
+    )  # fmt: skip
+    trainer.fit(module, steps, ckpt_path=resume_path(cfg.trainer, p.run_dir, "grpo"), weights_only=True)
+
+
+def run_eval(p: Pipeline, tag: str) -> dict[str, dict]:
+    cfg = p.cfg
+    samples = p.data.val_samples[: cfg.eval.max_samples or None]
+    rows, _ = evaluate(
+        samples, cfg.eval.methods, agent=cfg.agent, ecfg=cfg.eval, sampling=cfg.sampling, chunker=p.chunker,
+        embedder=p.embedder, memory_cfg=cfg.memory, model=p.model, tokenizer=p.tokenizer, window_tokens=p.window,
+        out_dir=p.run_dir / "eval" / tag,
+    )  # fmt: skip
+    return rows
+
+
+def save_policy(p: Pipeline) -> Path:
+    """Save the policy so plain transformers (and atom.evaluate eval.checkpoint=...) can load it."""
+    out = p.run_dir / "policy"
+    model = p.model
+    if p.cfg.model.lora.enabled and p.cfg.model.lora.merge_on_save:
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(out)
+    p.tokenizer.save_pretrained(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m atom.fit", description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grpo.max_steps=2")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return fit(load_config(args.config, args.overrides))
+
+
+def fit(cfg: Config) -> dict:
+    p = Pipeline(cfg)
+    save_config(cfg, p.run_dir)
+    table: dict[str, dict] = {}
+    trained = any(s in cfg.run.stages for s in ("sft", "grpo"))
+    if cfg.eval.before_training and "eval" in cfg.run.stages and trained:
+        table.update({f"{m} (before)": r for m, r in run_eval(p, "before").items()})
+    for stage in cfg.run.stages:
+        if stage == "sft":
+            run_sft(p)
+        elif stage == "grpo":
+            run_grpo(p)
+        elif stage == "eval":
+            suffix = " (after)" if trained else ""
+            table.update({f"{m}{suffix}": r for m, r in run_eval(p, "after" if trained else "final").items()})
+    if trained:
+        log.info("policy saved to %s", save_policy(p))
+    if table:
+        (p.run_dir / "results.json").write_text(json.dumps(table, indent=2))
+        (p.run_dir / "results.md").write_text(markdown_table(table) + "\n")
+        print(markdown_table(table))
+    return table
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,6 @@
+"""The agent's memory: a vector store with CRUD by stable id, and the embedders that feed it."""
+
+from atom.memory.embedder import Embedder, HashEmbedder, SentenceEmbedder, build_embedder
+from atom.memory.store import Entry, MemoryConfig, MemoryStore
+
+__all__ = ["Embedder", "Entry", "HashEmbedder", "MemoryConfig", "MemoryStore", "SentenceEmbedder", "build_embedder"]

@@ -1,0 +1,361 @@
+"""The episode memory: texts under stable integer ids, searched by cosine similarity (exact or hnswlib).
+
+One ``MemoryStore`` per episode. Ids start at 0 and are never reused, not even after a delete, so an id the policy
+saw earlier always means the same entry or none. Semantics are exact under any sequence of operations: a
+deleted entry is never returned, an updated entry is found by its new text only, results are best first with
+ties going to the smaller id.
+
+Search: the store keeps its own vectors (float32, unit rows) and live set; hnswlib is only a candidate
+generator. At or below ``exact_below`` live entries a read is an exact scan. Above it, hnsw proposes a candidate
+pool that is rescored exactly from the stored vectors; the store falls back to an exact scan when hnsw raises
+(hnswlib 0.8 raises whenever it finds fewer than k), returns too few ids, or when the pool may have cut a group
+of tied scores in two (so ties still go to the smaller id). The hnsw index is built lazily, on the first read
+that needs it, so small stores never pay for it.
+
+Scores are float64 inner products of the stored float32 vectors rounded to ``SCORE_DECIMALS`` decimals: equal
+similarities computed in a different summation order then compare equal, and the id decides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import hnswlib
+import numpy as np
+
+from atom.memory.embedder import Embedder
+
+SCORE_DECIMALS = 9  # scores equal after rounding to this many decimals are ties (broken by smaller id)
+_NORM_TOLERANCE = 1e-3  # precomputed vectors must have an L2 norm within this of 1
+_FORMAT = 1  # version of the save() directory layout
+
+
+@dataclass
+class MemoryConfig:
+    embedder: str = "minilm"  # "minilm" (embedded all-MiniLM-L6-v2), "hash", or a sentence-transformers hub id/path
+    query_prefix: str = "auto"  # "auto": the model's own prompts["query"] if it has one; else this literal string
+    embed_batch_size: int = 64  # texts per embedder forward pass
+    device: str = "auto"  # embedder device: auto (cuda if available), cpu, cuda, cuda:1, ...
+    hash_dim: int = 256  # dimension of HashEmbedder (embedder="hash")
+    hnsw_m: int = 16  # hnsw graph degree M (links per node per layer)
+    ef_construction: int = 200  # hnsw build-time candidate list size
+    ef_search: int = 64  # hnsw query-time candidate list size (raised to the candidate pool when larger)
+    exact_below: int = 256  # live entries at or below which reads use an exact scan instead of hnsw
+    initial_capacity: int = 256  # initial hnsw capacity in elements; the index doubles when full
+
+    def __post_init__(self) -> None:
+        if not self.embedder.strip():
+            raise ValueError("memory.embedder must be 'minilm', 'hash', or a hub id / local path, got ''")
+        if not self.device.strip():
+            raise ValueError("memory.device must be 'auto', 'cpu', 'cuda', ..., got ''")
+        for name, low in (
+            ("embed_batch_size", 1), ("hash_dim", 2), ("hnsw_m", 2), ("ef_construction", 1),
+            ("ef_search", 1), ("exact_below", 0), ("initial_capacity", 1),
+        ):
+            if getattr(self, name) < low:
+                raise ValueError(f"memory.{name} must be >= {low}, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int  # stable store id
+    text: str  # the entry's current text
+    score: float = 0.0  # cosine similarity to the query (0.0 where there is no query, e.g. entries())
+
+
+def _check_text(text: Any, what: str) -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"{what} must be a str, got {type(text).__name__}")
+    if not text.strip():
+        raise ValueError(f"{what} must be non-empty, got {text!r}")
+    return text
+
+
+class MemoryStore:
+    """CRUD over texts with stable integer ids and cosine-similarity reads; see the module docstring.
+
+    Args:
+        embedder: embeds texts when no precomputed vector is passed (documents on create/update, queries on read).
+        cfg: search and index settings.
+    """
+
+    def __init__(self, embedder: Embedder, cfg: Optional[MemoryConfig] = None):
+        self.embedder = embedder
+        self.cfg = cfg if cfg is not None else MemoryConfig()
+        self.dim = int(embedder.dim)
+        self._texts: dict[int, str] = {}  # live id -> text; insertion order is ascending id (ids only grow)
+        self._slot: dict[int, int] = {}  # live id -> row of _vecs
+        self._vecs = np.zeros((self.cfg.initial_capacity, self.dim), dtype=np.float32)  # rows [0, live) are used
+        self._slot_ids = np.zeros(self.cfg.initial_capacity, dtype=np.int64)  # id stored in each used row
+        self._next_id = 0
+        self._index: Optional[hnswlib.Index] = None  # built on the first read that needs it
+        self.search_counts = {"exact": 0, "hnsw": 0, "fallback": 0}  # reads served by each path
+
+    # ---- introspection -------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    def __contains__(self, id: object) -> bool:
+        return isinstance(id, (int, np.integer)) and not isinstance(id, bool) and int(id) in self._texts
+
+    @property
+    def next_id(self) -> int:
+        return self._next_id
+
+    def ids(self) -> list[int]:
+        """Live ids, ascending."""
+        return list(self._texts)
+
+    def entries(self) -> list[Entry]:
+        """Live entries, ascending id (score 0.0)."""
+        return [Entry(i, t) for i, t in self._texts.items()]
+
+    def get(self, id: int) -> str:
+        return self._texts[self._check_id(id)]
+
+    def _check_id(self, id: Any) -> int:
+        if isinstance(id, bool) or not isinstance(id, (int, np.integer)):
+            raise TypeError(f"memory id must be an int, got {type(id).__name__} {id!r}")
+        if int(id) not in self._texts:
+            state = "was deleted" if 0 <= int(id) < self._next_id else "was never created"
+            raise KeyError(f"memory id {int(id)} does not exist (it {state}); live ids: {self._preview_ids()}")
+        return int(id)
+
+    def _preview_ids(self) -> str:
+        ids = self.ids()
+        return str(ids) if len(ids) <= 20 else f"{ids[:20]} ... ({len(ids)} in all)"
+
+    def _check_vectors(self, vectors: Any, n: int, what: str) -> np.ndarray:
+        arr = np.asarray(vectors)
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise TypeError(f"{what} must be a floating-point array, got dtype {arr.dtype}")
+        if arr.shape != (n, self.dim):
+            raise ValueError(f"{what} must have shape ({n}, {self.dim}), got {arr.shape}")
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{what} contains NaN or infinite values")
+        norms = np.linalg.norm(arr.astype(np.float64), axis=1)
+        if n and np.abs(norms - 1.0).max() > _NORM_TOLERANCE:
+            raise ValueError(f"{what} rows must be L2-normalised (norms {norms.min():.4f}..{norms.max():.4f})")
+        return arr
+
+    def _embed(self, texts: list[str], vectors: Any, query: bool, what: str) -> np.ndarray:
+        if vectors is None:
+            vectors = self.embedder.encode_queries(texts) if query else self.embedder.encode_documents(texts)
+        return self._check_vectors(vectors, len(texts), what)
+
+    # ---- create / update / delete --------------------------------------------------------------------------
+    def create(self, text: str, vector: Any = None) -> int:
+        """Store ``text``; returns its new id."""
+        return self.create_many([text], None if vector is None else np.asarray(vector)[None])[0]
+
+    def create_many(self, texts: Sequence[str], vectors: Any = None) -> list[int]:
+        """Store several texts (one embedder call); returns their ids, ascending. All or nothing."""
+        texts = [_check_text(t, f"memory text {i}") for i, t in enumerate(texts)]
+        vecs = self._embed(texts, vectors, query=False, what="create vectors")
+        new_ids = list(range(self._next_id, self._next_id + len(texts)))
+        self._reserve_rows(len(self._texts) + len(texts))
+        for i, text, vec in zip(new_ids, texts, vecs):
+            row = len(self._texts)
+            self._vecs[row] = vec
+            self._slot_ids[row] = i
+            self._slot[i] = row
+            self._texts[i] = text
+        self._next_id += len(texts)
+        if self._index is not None and new_ids:
+            self._index_add(vecs, new_ids)
+        return new_ids
+
+    def update(self, id: int, text: str, vector: Any = None) -> None:
+        """Replace the text (and vector) of entry ``id``."""
+        self.update_many([id], [text], None if vector is None else np.asarray(vector)[None])
+
+    def update_many(self, ids: Sequence[int], texts: Sequence[str], vectors: Any = None) -> None:
+        """Replace several entries, in order (a repeated id ends with its last text). All or nothing."""
+        if len(ids) != len(texts):
+            raise ValueError(f"update_many: {len(ids)} ids but {len(texts)} texts")
+        ids = [self._check_id(i) for i in ids]
+        texts = [_check_text(t, f"memory text for id {i}") for i, t in zip(ids, texts)]
+        vecs = self._embed(texts, vectors, query=False, what="update vectors")
+        for i, text, vec in zip(ids, texts, vecs):
+            self._texts[i] = text
+            self._vecs[self._slot[i]] = vec
+        if self._index is not None and ids:
+            last = {i: row for row, i in enumerate(ids)}  # hnswlib wants each label once per add
+            self._index_add(vecs[list(last.values())], list(last))
+
+    def delete(self, id: int) -> None:
+        """Delete entry ``id``; its id is never reused."""
+        id = self._check_id(id)
+        row, last = self._slot.pop(id), len(self._texts) - 1
+        del self._texts[id]
+        if row != last:  # keep used rows contiguous: move the last row into the hole
+            moved = int(self._slot_ids[last])
+            self._vecs[row] = self._vecs[last]
+            self._slot_ids[row] = moved
+            self._slot[moved] = row
+        if self._index is not None:
+            self._index.mark_deleted(id)
+            # Without replace_deleted (unsafe in 0.8) deleted slots are never freed; rebuild lazily once they
+            # outnumber the live entries, so the index stays proportional to the store.
+            if self._index.element_count - len(self._texts) > max(len(self._texts), self.cfg.initial_capacity):
+                self._index = None
+
+    def _reserve_rows(self, n: int) -> None:
+        if n <= len(self._vecs):
+            return
+        cap = max(n, 2 * len(self._vecs))
+        vecs = np.zeros((cap, self.dim), dtype=np.float32)
+        vecs[: len(self._texts)] = self._vecs[: len(self._texts)]
+        slot_ids = np.zeros(cap, dtype=np.int64)
+        slot_ids[: len(self._texts)] = self._slot_ids[: len(self._texts)]
+        self._vecs, self._slot_ids = vecs, slot_ids
+
+    # ---- hnsw index ----------------------------------------------------------------------------------------
+    def _new_index(self, capacity: int) -> hnswlib.Index:
+        index = hnswlib.Index(space="ip", dim=self.dim)
+        index.init_index(max_elements=capacity, M=self.cfg.hnsw_m, ef_construction=self.cfg.ef_construction)
+        index.set_ef(self.cfg.ef_search)
+        return index
+
+    def _build_index(self) -> hnswlib.Index:
+        n = len(self._texts)
+        self._index = self._new_index(max(self.cfg.initial_capacity, 2 * n))
+        if n:
+            self._index_add(self._vecs[:n], self._slot_ids[:n].tolist())
+        return self._index
+
+    def _index_add(self, vecs: np.ndarray, labels: list[int]) -> None:
+        index = self._index
+        assert index is not None
+        need = index.element_count + len(labels)  # upper bound: updates of existing labels take no new slot
+        if need > index.max_elements:
+            index.resize_index(max(need, 2 * index.max_elements))
+        # One thread: the graph (and so any approximate miss) is then the same on every run.
+        index.add_items(vecs, labels, num_threads=1)
+
+    # ---- read ----------------------------------------------------------------------------------------------
+    def read(self, query: str, k: int, vector: Any = None) -> list[Entry]:
+        """The ``k`` live entries most similar to ``query``, best first (ties: smaller id)."""
+        return self.read_many([query], k, None if vector is None else np.asarray(vector)[None])[0]
+
+    def read_many(self, queries: Sequence[str], k: int, vectors: Any = None) -> list[list[Entry]]:
+        """``read`` for several queries with one embedder call."""
+        queries = [_check_text(q, f"query {i}") for i, q in enumerate(queries)]
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"read k must be an int, got {type(k).__name__}")
+        if k <= 0 or not self._texts:
+            if vectors is not None:
+                self._check_vectors(vectors, len(queries), "query vectors")
+            return [[] for _ in queries]
+        qvecs = self._embed(queries, vectors, query=True, what="query vectors")
+        return [self._search(q, min(int(k), len(self._texts))) for q in qvecs]
+
+    def _search(self, q: np.ndarray, k: int) -> list[Entry]:
+        n = len(self._texts)
+        if n > self.cfg.exact_below:
+            found = self._search_hnsw(q, k)
+            if found is not None:
+                self.search_counts["hnsw"] += 1
+                return found
+            self.search_counts["fallback"] += 1
+        else:
+            self.search_counts["exact"] += 1
+        rows = np.arange(n)
+        scores = self._scores(rows, q)
+        if k < n:  # keep everything tied with the k-th best, then sort that short list
+            keep = scores >= np.partition(scores, n - k)[n - k]
+            rows, scores = rows[keep], scores[keep]
+        return self._top(rows, scores, k)
+
+    def _scores(self, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
+        return np.round(self._vecs[rows].astype(np.float64) @ q.astype(np.float64), SCORE_DECIMALS)
+
+    def _top(self, rows: np.ndarray, scores: np.ndarray, k: int) -> list[Entry]:
+        ids = self._slot_ids[rows]
+        order = np.lexsort((ids, -scores))[:k]
+        return [Entry(int(ids[j]), self._texts[int(ids[j])], float(scores[j])) for j in order]
+
+    def _search_hnsw(self, q: np.ndarray, k: int) -> Optional[list[Entry]]:
+        """Exact top-k from an hnsw candidate pool, or None when only an exact scan can be trusted."""
+        index = self._index if self._index is not None else self._build_index()
+        n = len(self._texts)
+        pool = min(n, max(2 * k, self.cfg.ef_search))
+        index.set_ef(max(self.cfg.ef_search, pool))
+        try:
+            labels, _ = index.knn_query(q[None], k=pool, num_threads=1)
+        except RuntimeError:  # fewer than `pool` found (small or damaged graph)
+            return None
+        rows = np.array([self._slot[int(x)] for x in labels[0] if int(x) in self._slot], dtype=np.int64)
+        if len(np.unique(rows)) < pool:
+            return None
+        scores = self._scores(rows, q)
+        result = self._top(rows, scores, k)
+        # A pool that is not the whole store may have cut the group tied with the k-th score in two; entries of
+        # that group outside the pool could have smaller ids.
+        if pool < n and scores.min() >= result[-1].score:
+            return None
+        return result
+
+    # ---- persistence ---------------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the store to directory ``path``: store.json, vectors.npy, and index.bin when built. No pickle."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        n = len(self._texts)
+        order = np.argsort(self._slot_ids[:n], kind="stable")  # rows in ascending id, aligned with "ids"
+        np.save(out / "vectors.npy", self._vecs[:n][order], allow_pickle=False)
+        index_file = out / "index.bin"
+        if self._index is not None:
+            self._index.save_index(str(index_file))
+        elif index_file.exists():
+            index_file.unlink()
+        meta = {
+            "format": _FORMAT,
+            "dim": self.dim,
+            "next_id": self._next_id,
+            "ids": self.ids(),
+            "texts": list(self._texts.values()),
+            "has_index": self._index is not None,
+            "config": dataclasses.asdict(self.cfg),
+        }
+        (out / "store.json").write_text(json.dumps(meta, ensure_ascii=False))
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path, embedder: Embedder) -> MemoryStore:
+        """Restore a store written by ``save``; new ids continue after the saved ``next_id``."""
+        src = Path(path)
+        if not (src / "store.json").is_file():
+            raise FileNotFoundError(f"{src}: not a saved MemoryStore (no store.json)")
+        meta = json.loads((src / "store.json").read_text())
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"{src}: store format {meta.get('format')} is not the supported format {_FORMAT}")
+        if int(embedder.dim) != meta["dim"]:
+            raise ValueError(
+                f"{src}: the store holds {meta['dim']}-d vectors but the embedder makes {embedder.dim}-d ones; "
+                "load it with the embedder it was saved with"
+            )
+        store = cls(embedder, MemoryConfig(**meta["config"]))
+        ids, texts = [int(i) for i in meta["ids"]], meta["texts"]
+        vecs = np.load(src / "vectors.npy", allow_pickle=False)
+        if vecs.shape != (len(ids), store.dim) or len(texts) != len(ids):
+            raise ValueError(f"{src}: vectors.npy {vecs.shape} does not match {len(ids)} ids of dim {store.dim}")
+        store._reserve_rows(len(ids))
+        store._vecs[: len(ids)] = vecs
+        store._slot_ids[: len(ids)] = ids
+        store._slot = {i: row for row, i in enumerate(ids)}
+        store._texts = dict(zip(ids, texts))
+        store._next_id = int(meta["next_id"])
+        if meta["has_index"]:
+            index = hnswlib.Index(space="ip", dim=store.dim)
+            index.load_index(str(src / "index.bin"))
+            index.set_ef(store.cfg.ef_search)  # save_index does not keep ef
+            if not set(ids) <= set(index.get_ids_list()):
+                raise ValueError(f"{src}: index.bin lacks some of the stored ids; the save is inconsistent")
+            store._index = index
+        return store

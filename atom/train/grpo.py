@@ -1,0 +1,330 @@
+"""GRPO for memory agents, as AtomMem trains it (DESIGN.md section 3), with Lightning manual optimization.
+
+Objective, per rollout step (each symbol -> ``GRPOConfig`` field):
+
+- Sample ``prompts_per_step`` long-context samples (a seeded schedule, so a resumed run sees the same order) and
+  roll out ``group_size`` = G episodes per sample with the batched engine at ``sampling.temperature`` (1.0).
+- Reward R_i in [0, 1] per episode (mean EM over its questions). Advantage A_i = R_i - mean_group(R)
+  (``std_scale="none"``, AtomMem/Dr. GRPO; ``"group"``/``"batch"`` divide by a std as TRL does). Groups whose
+  rewards are all equal carry no signal and are dropped when ``drop_zero_std``.
+- Every turn of an episode is its own sequence; A_i is applied to every model-generated token of every turn of
+  episode i (MemAgent multi-conversation credit assignment). Environment tokens (prompts: chunks, memories,
+  instructions) have mask 0 and never enter the loss; the mask is the one built during generation.
+- Per token: r = pi_theta / pi_old (pi_old = the sampling log-probs recorded at generation time),
+  L = -min(r A, clip(r, 1 - clip_low, 1 + clip_high) A) with dual clip ``dual_clip`` for A < 0, plus
+  ``kl_coef`` * k3(pi_theta || pi_ref) where k3 = exp(ref - lp) - (ref - lp) - 1 and pi_ref is the initial policy:
+  with LoRA the base model with adapters disabled (no second copy), otherwise a frozen copy.
+- Aggregation ``aggregation``: "token_mean" divides the sum over all loss tokens of the optimizer step's batch by
+  their GLOBAL count (all micro-batches, all ranks), so micro-batching and DDP do not change the gradient.
+- The rollout batch's sequences are split into ``updates_per_batch`` mini-batches, one AdamW step each (lr
+  ``lr``, linear warm-up ``warmup_steps``, ``weight_decay``), gradients accumulated over micro-batches of
+  ``micro_batch_size`` sequences and clipped to ``grad_clip`` by hand (Trainer-level clipping is not allowed
+  with manual optimization). ``trainer.global_step`` therefore counts optimizer steps, not rollout steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+
+from atom.agent.hf_policy import HFPolicy, SamplingConfig
+from atom.agent.rollout import RolloutEngine, Trajectory
+from atom.data.longcontext import LongContextSample
+from atom.eval.report import summarize
+from atom.train.losses import AGGREGATIONS, STD_SCALES, entropy_from_logits, group_advantages, grpo_loss, zero_std_groups
+
+
+@dataclass
+class GRPOConfig:
+    group_size: int = 8  # G: rollouts per sample
+    prompts_per_step: int = 8  # samples per rollout step (split across ranks, groups kept whole)
+    max_steps: int = 100  # rollout steps
+    updates_per_batch: int = 1  # optimizer steps per rollout batch (mini-batches of its sequences)
+    micro_batch_size: int = 4  # sequences per forward/backward (gradient accumulation inside an update)
+    lr: float = 1e-6  # AdamW learning rate (paper)
+    weight_decay: float = 0.01  # AdamW weight decay (paper)
+    warmup_steps: int = 20  # linear lr warm-up in optimizer steps (paper)
+    grad_clip: float = 1.0  # max global gradient norm; 0 = off
+    clip_low: float = 0.2  # PPO ratio lower clip epsilon
+    clip_high: float = 0.28  # PPO ratio upper clip epsilon (DAPO clip-higher)
+    dual_clip: float = 3.0  # dual-clip constant for negative advantages; 0 = off
+    kl_coef: float = 0.001  # k3 KL-to-reference coefficient; 0 = no reference forward at all
+    std_scale: str = "none"  # advantage scaling: none (paper) | group | batch
+    aggregation: str = "token_mean"  # token_mean (paper) | seq_mean_token_mean | seq_mean_token_sum_norm
+    drop_zero_std: bool = False  # drop groups whose rewards are all equal (MemAgent does)
+    val_every: int = 0  # rollout steps between greedy validations on val samples; 0 = never
+    val_samples: int = 8  # validation samples per validation
+    checkpoint_every: int = 10  # rollout steps between checkpoints (last.ckpt is always kept)
+
+    def __post_init__(self) -> None:
+        if self.std_scale not in STD_SCALES:
+            raise ValueError(f"grpo.std_scale must be one of {list(STD_SCALES)}, got '{self.std_scale}'")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"grpo.aggregation must be one of {list(AGGREGATIONS)}, got '{self.aggregation}'")
+        for name in ("group_size", "prompts_per_step", "max_steps", "updates_per_batch", "micro_batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"grpo.{name} must be > 0, got {getattr(self, name)}")
+        if self.dual_clip and self.dual_clip <= 1:
+            raise ValueError(f"grpo.dual_clip must be > 1 (or 0 = off), got {self.dual_clip}")
+
+
+class PromptSchedule:
+    """Seeded epoch-wise shuffles of the training samples; ``batch(step)`` depends only on (seed, step)."""
+
+    def __init__(self, samples: Sequence[LongContextSample], per_step: int, seed: int):
+        if not samples:
+            raise ValueError("GRPO needs at least one training sample")
+        self.samples, self.per_step, self.seed = list(samples), per_step, seed
+
+    def batch(self, step: int) -> list[LongContextSample]:
+        n = len(self.samples)
+        out = []
+        for k in range(step * self.per_step, (step + 1) * self.per_step):
+            epoch, pos = divmod(k, n)
+            order = list(range(n))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            out.append(self.samples[order[pos]])
+        return out
+
+
+@dataclass
+class Sequence_:
+    """One training sequence (a turn) with its trajectory's advantage."""
+
+    input_ids: torch.Tensor  # (L,) prompt + completion
+    mask: torch.Tensor  # (L,) bool, True on model-generated tokens
+    old_logprobs: torch.Tensor  # (C,) sampling log-probs of the completion tokens
+    advantage: float
+
+
+def turn_sequences(trajectories: Sequence[Trajectory], advantages: torch.Tensor, keep: torch.Tensor) -> list[Sequence_]:
+    """Every turn of every kept trajectory, carrying that trajectory's advantage."""
+    out = []
+    for traj, adv, k in zip(trajectories, advantages.tolist(), keep.tolist()):
+        if not k:
+            continue
+        for turn in traj.turns:
+            if turn.reply.completion_ids is None or len(turn.reply.completion_ids) == 0:
+                continue
+            out.append(Sequence_(turn.input_ids, turn.mask, turn.reply.logprobs, adv))
+    return out
+
+
+def pad_batch(seqs: Sequence[Sequence_], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors aligned for next-token prediction: position t predicts token t + 1."""
+    width = max(len(s.input_ids) for s in seqs)
+    b = len(seqs)
+    input_ids = torch.full((b, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((b, width), dtype=torch.long)
+    loss_mask = torch.zeros((b, width - 1), dtype=torch.float)
+    old = torch.zeros((b, width - 1), dtype=torch.float)
+    for row, s in enumerate(seqs):
+        n = len(s.input_ids)
+        input_ids[row, :n] = s.input_ids
+        attention[row, :n] = 1
+        loss_mask[row, : n - 1] = s.mask[1:].float()
+        c = len(s.old_logprobs)
+        old[row, n - 1 - c : n - 1] = s.old_logprobs.float()
+    adv = torch.tensor([s.advantage for s in seqs], dtype=torch.float)
+    return {"input_ids": input_ids, "attention_mask": attention, "mask": loss_mask, "old_logprobs": old, "adv": adv}
+
+
+def token_logprobs(model, input_ids, attention_mask, temperature: float, with_entropy: bool = False):
+    """log pi(token_{t+1} | tokens <= t) at the sampling temperature, (B, L - 1); optionally the entropy."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    logits = logits / (temperature if temperature > 0 else 1.0)
+    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return logprobs, (entropy_from_logits(logits.detach()) if with_entropy else None)
+
+
+class GRPOModule(L.LightningModule):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        cfg: GRPOConfig,
+        sampling: SamplingConfig,
+        make_engine: Callable[[HFPolicy], RolloutEngine],
+        train_samples: Sequence[LongContextSample],
+        val_samples: Sequence[LongContextSample] = (),
+        ref_model=None,
+        seed: int = 0,
+        max_prompt_tokens: int = 0,
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        self.model, self.tokenizer, self.cfg, self.sampling = model, tokenizer, cfg, sampling
+        self.ref_model = ref_model
+        if ref_model is not None:
+            ref_model.requires_grad_(False).eval()
+        self.make_engine, self.seed = make_engine, seed
+        self.schedule = PromptSchedule(train_samples, cfg.prompts_per_step, seed)
+        self.val_samples = list(val_samples)[: cfg.val_samples]
+        self.max_prompt_tokens = max_prompt_tokens
+        self.rollout_step = 0
+
+    # -- checkpoint state beyond what Lightning saves (weights, optimizer, scheduler, loops) ---------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["atom_rollout_step"] = self.rollout_step
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.rollout_step = int(checkpoint["atom_rollout_step"])
+
+    def state_dict(self, *args, **kwargs):
+        # The frozen reference is rebuilt from the initial weights, never checkpointed.
+        state = super().state_dict(*args, **kwargs)
+        return {k: v for k, v in state.items() if not k.startswith("ref_model.")}
+
+    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
+        return super().load_state_dict(state_dict, strict=False if self.ref_model is not None else strict, **kwargs)
+
+    # -- the step -----------------------------------------------------------------------------------------------
+
+    def on_train_batch_start(self, batch, batch_idx: int):
+        if self.rollout_step >= self.cfg.max_steps:
+            return -1  # ends the epoch: training is over
+
+    def _policy(self, sampling: SamplingConfig) -> HFPolicy:
+        return HFPolicy(self.model, self.tokenizer, sampling, self.max_prompt_tokens)
+
+    def _rank_share(self, samples: list[LongContextSample]) -> list[LongContextSample]:
+        return samples[self.global_rank :: self.trainer.world_size] if self.trainer.world_size > 1 else samples
+
+    def training_step(self, batch, batch_idx: int) -> None:
+        cfg = self.cfg
+        samples = self._rank_share(self.schedule.batch(self.rollout_step))
+        sampling = dataclasses.replace(self.sampling, seed=self.seed + 7919 * self.rollout_step + self.global_rank)
+        engine = self.make_engine(self._policy(sampling))
+        t0 = time.perf_counter()
+        trajectories = engine.run(samples, repeats=cfg.group_size)
+        rollout_s = time.perf_counter() - t0
+
+        rewards = torch.tensor([t.reward for t in trajectories], dtype=torch.float)
+        advantages = group_advantages(rewards, cfg.group_size, cfg.std_scale)
+        zero = zero_std_groups(rewards, cfg.group_size)
+        keep = (~zero).repeat_interleave(cfg.group_size) if cfg.drop_zero_std else torch.ones_like(rewards).bool()
+        seqs = turn_sequences(trajectories, advantages, keep)
+
+        t1 = time.perf_counter()
+        metrics = self._update(seqs)
+        update_s = time.perf_counter() - t1
+        self.rollout_step += 1
+
+        summary = summarize(trajectories, rollout_s)
+        completions = [len(t.reply.completion_ids) for tr in trajectories for t in tr.turns]
+        logs = {
+            "grpo/reward": rewards.mean(),
+            "grpo/reward_std": rewards.view(-1, cfg.group_size).std(dim=1, unbiased=False).mean(),
+            "grpo/frac_reward_zero_std": zero.float().mean(),
+            "grpo/sequences": float(len(seqs)),
+            "grpo/completion_length_mean": sum(completions) / max(len(completions), 1),
+            "grpo/completion_length_max": float(max(completions, default=0)),
+            "grpo/completion_length_min": float(min(completions, default=0)),
+            "grpo/completion_clipped_ratio": sum(c >= self.sampling.max_new_tokens for c in completions)
+            / max(len(completions), 1),
+            "memory/store_size": summary["mean_store_size"],
+            "memory/invalid_actions": summary["invalid_per_episode"],
+            "time/rollout": rollout_s,
+            "time/update": update_s,
+            "time/rollout_tokens_per_s": engine.stats.completion_tokens / max(rollout_s, 1e-9),
+            "rollout_step": float(self.rollout_step),
+        }
+        for op in ("create", "read", "update", "delete"):
+            logs[f"memory/{op}_per_episode"] = summary["ops_per_episode"].get(op, 0.0)
+        logs.update(metrics)
+        self.log_dict({k: float(v) for k, v in logs.items()}, on_step=True, prog_bar=False, batch_size=1)
+        self.log("reward", float(rewards.mean()), prog_bar=True, logger=False, batch_size=1)
+        if cfg.val_every and self.rollout_step % cfg.val_every == 0:
+            self.validate_greedy()
+
+    def _update(self, seqs: list[Sequence_]) -> dict[str, float]:
+        """``updates_per_batch`` optimizer steps over the rollout batch; returns mean metrics."""
+        cfg = self.cfg
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        order = list(range(len(seqs)))
+        random.Random(self.seed + self.rollout_step).shuffle(order)
+        minibatches = [order[i :: cfg.updates_per_batch] for i in range(cfg.updates_per_batch)]
+        totals: dict[str, float] = {}
+        count = 0
+        for mb in minibatches:
+            local_tokens = torch.tensor(float(sum(seqs[i].mask.sum() for i in mb)), device=self.device)
+            local_seqs = torch.tensor(float(len(mb)), device=self.device)
+            world = self.trainer.world_size
+            # DDP averages gradients over ranks, so normalise by global count / world size.
+            global_tokens = self.trainer.strategy.reduce(local_tokens, reduce_op="sum") / world
+            global_seqs = self.trainer.strategy.reduce(local_seqs, reduce_op="sum") / world
+            if float(global_tokens) == 0:
+                continue
+            opt.zero_grad()
+            for start in range(0, len(mb), cfg.micro_batch_size):
+                micro = [seqs[i] for i in mb[start : start + cfg.micro_batch_size]]
+                step_metrics = self._micro_step(micro, float(global_tokens), float(global_seqs))
+                for k, v in step_metrics.items():
+                    totals[k] = totals.get(k, 0.0) + v
+            if cfg.grad_clip > 0:
+                self.clip_gradients(opt, gradient_clip_val=cfg.grad_clip, gradient_clip_algorithm="norm")
+            grad_norm = torch.sqrt(
+                sum((p.grad.float() ** 2).sum() for p in self.model.parameters() if p.grad is not None)
+            )
+            totals["grpo/grad_norm"] = totals.get("grpo/grad_norm", 0.0) + float(grad_norm)
+            opt.step()
+            sched.step()
+            count += 1
+        out = {k: v / max(count, 1) for k, v in totals.items()}
+        out["grpo/lr"] = sched.get_last_lr()[0]
+        out["grpo/optimizer_steps"] = float(count)
+        return out
+
+    def _micro_step(self, micro: list[Sequence_], num_tokens: float, num_seqs: float) -> dict[str, float]:
+        cfg = self.cfg
+        b = {k: v.to(self.device) for k, v in pad_batch(micro, self.tokenizer.pad_token_id).items()}
+        logprobs, entropy = token_logprobs(
+            self.model, b["input_ids"], b["attention_mask"], self.sampling.temperature, with_entropy=True
+        )
+        ref = None
+        if cfg.kl_coef > 0:
+            with torch.no_grad():
+                ref, _ = self._ref_logprobs(b)
+        loss, m = grpo_loss(
+            logprobs, b["old_logprobs"], b["adv"], b["mask"], ref,
+            clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip or None,
+            kl_coef=cfg.kl_coef, aggregation=cfg.aggregation, num_tokens=num_tokens, num_sequences=num_seqs,
+        )  # fmt: skip
+        self.manual_backward(loss)
+        out = {f"grpo/{k}": float(v) for k, v in m.items()}
+        out["grpo/loss"] = float(loss.detach())
+        out["grpo/entropy"] = float((entropy * b["mask"]).sum()) / num_tokens
+        return out
+
+    def _ref_logprobs(self, b: dict[str, torch.Tensor]):
+        if self.ref_model is not None:
+            return token_logprobs(self.ref_model, b["input_ids"], b["attention_mask"], self.sampling.temperature)
+        if hasattr(self.model, "disable_adapter"):  # LoRA: the base model is the reference
+            with self.model.disable_adapter():
+                return token_logprobs(self.model, b["input_ids"], b["attention_mask"], self.sampling.temperature)
+        raise RuntimeError("grpo.kl_coef > 0 needs a reference: LoRA adapters or a frozen reference model")
+
+    @torch.no_grad()
+    def validate_greedy(self) -> dict[str, float]:
+        if not self.val_samples:
+            return {}
+        engine = self.make_engine(self._policy(dataclasses.replace(self.sampling, temperature=0.0)))
+        summary = summarize(engine.run(self._rank_share(self.val_samples)), 0.0)
+        out = {"val/em": summary["em"], "val/f1": summary["f1"]}
+        self.log_dict(out, on_step=True, batch_size=1, sync_dist=self.trainer.world_size > 1)
+        return out
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        warm = self.cfg.warmup_steps
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

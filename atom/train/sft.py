@@ -1,0 +1,150 @@
+"""SFT cold start: per-turn (prompt, completion) demonstrations, loss on completion tokens only.
+
+Demonstrations come from trajectories (any policy; the oracle teacher by default) kept when their reward is at
+least ``sft.min_reward`` (the paper kept >= 0.5). Each turn is one example: the prompt is the chat template of the
+turn's messages exactly as the policy would see it (``encode_prompt``, centre-truncated like at rollout time), the
+completion is the teacher's reply followed by EOS. Labels are -100 on prompt tokens, so only the completion is
+learned.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import Dataset
+
+from atom.agent.hf_policy import centre_truncate, encode_prompt
+from atom.agent.rollout import Trajectory
+
+IGNORE = -100
+
+
+@dataclass
+class SFTConfig:
+    demos: str = ""  # JSONL of collected trajectories (python -m atom.collect); "" = oracle demos from train samples
+    min_reward: float = 0.5  # keep trajectories whose reward is at least this (rejection filtering)
+    epochs: int = 3  # passes over the demonstrations
+    lr: float = 1e-5  # AdamW learning rate
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_steps: int = 0  # linear warm-up (optimizer steps), then constant
+    batch_size: int = 4  # turns per micro-batch
+    accumulate: int = 1  # micro-batches per optimizer step
+    grad_clip: float = 1.0  # max global grad norm (0 = off)
+    max_tokens: int = 4096  # prompt + completion cap per example; prompts are centre-truncated to fit
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0 or self.batch_size <= 0 or self.accumulate <= 0 or self.max_tokens <= 16:
+            raise ValueError("sft.epochs, sft.batch_size, sft.accumulate must be > 0 and sft.max_tokens > 16")
+        if self.lr <= 0:
+            raise ValueError(f"sft.lr must be > 0, got {self.lr}")
+
+
+def demos_from_trajectories(trajectories: Sequence[Trajectory], min_reward: float) -> list[dict]:
+    """One demonstration per turn of every trajectory whose reward >= ``min_reward``."""
+    return [
+        {"messages": turn.messages, "completion": turn.reply.text, "reward": t.reward, "sample_id": t.sample_id}
+        for t in trajectories
+        if t.reward >= min_reward
+        for turn in t.turns
+    ]
+
+
+def write_trajectories(path: str | Path, trajectories: Sequence[Trajectory]) -> int:
+    """Write trajectories as JSONL (one line each: sample id, reward, turns as messages + completion)."""
+    with open(path, "w") as f:
+        for t in trajectories:
+            turns = [{"messages": x.messages, "completion": x.reply.text, "phase": x.phase} for x in t.turns]
+            f.write(json.dumps({"sample_id": t.sample_id, "reward": t.reward, "turns": turns}) + "\n")
+    return len(trajectories)
+
+
+def read_demos(path: str | Path, min_reward: float) -> list[dict]:
+    """Demonstrations from a trajectories JSONL; a malformed line is an error naming the file and line."""
+    demos = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                reward = float(row["reward"])
+                turns = [(t["messages"], str(t["completion"])) for t in row["turns"]]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{lineno}: not a trajectory record ({exc!r})") from exc
+            if reward >= min_reward:
+                demos += [{"messages": m, "completion": c, "reward": reward} for m, c in turns]
+    return demos
+
+
+def tokenize_demo(tokenizer, messages, completion: str, max_tokens: int) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) with labels = IGNORE on the prompt; the completion ends with EOS."""
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    completion_ids = completion_ids[: max_tokens // 2]
+    prompt_ids = centre_truncate(encode_prompt(tokenizer, messages), max_tokens - len(completion_ids))
+    return prompt_ids + completion_ids, [IGNORE] * len(prompt_ids) + completion_ids
+
+
+class DemoDataset(Dataset):
+    def __init__(self, demos: Sequence[dict], tokenizer, max_tokens: int):
+        self.examples = [tokenize_demo(tokenizer, d["messages"], d["completion"], max_tokens) for d in demos]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> tuple[list[int], list[int]]:
+        return self.examples[i]
+
+
+def collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example; padding is masked from attention and loss."""
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (ids, lab) in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(lab)] = torch.tensor(lab)
+        attention[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+class SFTModule(L.LightningModule):
+    """Next-token cross-entropy on completion tokens (token mean over the micro-batch)."""
+
+    def __init__(self, model, cfg: SFTConfig):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = sft_loss(logits, batch["labels"])
+        tokens = (batch["labels"] != IGNORE).sum()
+        self.log("sft/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        self.log("sft/completion_tokens", tokens.float(), reduce_fx="sum", batch_size=len(batch["input_ids"]))
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        warm = max(self.cfg.warmup_steps, 0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm) if warm else 1.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of token t+1 given tokens <= t, over positions whose label is not IGNORE."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    return torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE
+    )
+
+
+def steps_per_epoch(num_examples: int, cfg: SFTConfig) -> int:
+    return math.ceil(math.ceil(num_examples / cfg.batch_size) / cfg.accumulate)

@@ -1,0 +1,266 @@
+"""Loaders: the real shipped samples, hub-layout rows, and clear errors on corrupted copies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+
+from atom.data.datamodule import DataConfig
+from atom.data.loaders import load_2wiki, load_hotpotqa, load_musique, load_records, records_from_rows
+from atom.data.records import DataError, Paragraph
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+HOTPOT = DATA / "hotpotqa" / "hotpot_dev_distractor_v1.sample.json"
+WIKI = DATA / "2wikimultihopqa" / "dev.sample.json"
+MUSIQUE = DATA / "musique" / "musique_ans_v1.0_dev.sample.jsonl"
+
+
+@pytest.fixture(scope="module")
+def hotpot():
+    return load_hotpotqa(HOTPOT)
+
+
+@pytest.fixture(scope="module")
+def wiki():
+    return load_2wiki(WIKI)
+
+
+@pytest.fixture(scope="module")
+def musique():
+    return load_musique(MUSIQUE)
+
+
+def test_hotpotqa_sample(hotpot):
+    assert len(hotpot) == 103
+    first = hotpot[0]
+    assert first.id == "5a8b57f25542995d1e6f1371"
+    assert first.question == "Were Scott Derrickson and Ed Wood of the same nationality?"
+    assert first.answers == ("yes",)
+    assert first.dataset == "hotpotqa"
+    assert len(first.paragraphs) == 10
+    assert first.supporting == (1, 4)
+    assert [first.paragraphs[i].title for i in first.supporting] == ["Scott Derrickson", "Ed Wood"]
+    assert first.supporting_sentences == ((1, 0), (4, 0))
+    # HotpotQA sentences after the first carry their separating space: the text is their plain concatenation
+    para = first.paragraphs[0]
+    assert para.sentences[1].startswith(" ")
+    assert para.text == "".join(para.sentences)
+    assert hotpot[-1].id == "5ae738f75542991bbc9761c4"
+    assert sum(len(r.paragraphs) == 2 for r in hotpot) == 1  # the one record with 2 paragraphs (README)
+
+
+def test_2wiki_sample(wiki):
+    assert len(wiki) == 400
+    first = wiki[0]
+    assert first.id == "91edc89c0bdc11eba7f7acde48001122"
+    assert first.question == "Where does the founder of Les Films Du Losange work at?"
+    assert first.answers == ("Cahiers du cinéma",)
+    assert first.supporting == (2, 4)
+    assert [first.paragraphs[i].title for i in first.supporting] == ["Les films du losange", "Éric Rohmer"]
+    assert first.supporting_sentences == ((2, 0), (4, 2))
+    # 2Wiki sentences are stored bare: one space is put between them
+    para = first.paragraphs[0]
+    assert para.text == " ".join(para.sentences)
+    assert all(len(r.paragraphs) == 10 for r in wiki)
+
+
+def test_2wiki_fact_past_last_sentence_keeps_the_paragraph(wiki):
+    record = next(r for r in wiki if r.id == "77f5a3dc0bb011ebab90acde48001122")
+    j = next(i for i, p in enumerate(record.paragraphs) if p.title == "Princess Alexandra of Hanover (born 1999)")
+    assert len(record.paragraphs[j].sentences) == 1
+    assert j in record.supporting
+    assert all(p != j for p, _ in record.supporting_sentences)
+
+
+def test_2wiki_repeated_paragraph_facts_point_at_first_copy(wiki):
+    record = next(r for r in wiki if r.id == "07f2140e0bdc11eba7f7acde48001122")
+    titles = [p.title for p in record.paragraphs]
+    assert len(titles) > len(set(titles))
+    for i in record.supporting:
+        assert titles.index(titles[i]) == i
+
+
+def test_musique_sample(musique):
+    assert len(musique) == 150
+    first = musique[0]
+    assert first.id == "2hop__574419_270105"
+    assert first.question == "What is the seat of the county where Van Hook Township is located?"
+    assert first.answers == ("Stanley",)
+    assert len(first.paragraphs) == 20
+    assert first.supporting == (1, 8)
+    assert first.supporting_sentences == ((1, 0), (8, 0))
+    raw = [json.loads(line) for line in MUSIQUE.read_text().splitlines()]
+    assert [p.text for p in first.paragraphs] == [p["paragraph_text"] for p in raw[0]["paragraphs"]]
+    # gold answer first, then the aliases, without repeats
+    for record, row in zip(musique, raw):
+        assert record.answers[0] == row["answer"]
+        assert set(record.answers) == {row["answer"], *row["answer_aliases"]}
+        assert len(record.answers) == len(set(record.answers))
+        assert record.supporting == tuple(i for i, p in enumerate(row["paragraphs"]) if p["is_supporting"])
+    assert any(len(r.answers) > 1 for r in musique)
+
+
+def test_max_records_takes_the_first_in_file_order(hotpot, musique):
+    assert [r.id for r in load_hotpotqa(HOTPOT, max_records=5)] == [r.id for r in hotpot[:5]]
+    assert [r.id for r in load_musique(MUSIQUE, max_records=3)] == [r.id for r in musique[:3]]
+    cfg = DataConfig(dataset="2wiki", path=str(WIKI), max_records=7)
+    assert len(load_records(cfg)) == 7
+
+
+def test_load_records_dispatches_local_files(hotpot):
+    records = load_records(DataConfig(dataset="hotpotqa", path=str(HOTPOT)))
+    assert records == hotpot
+
+
+# ---- hub layouts (offline: rows built here, converted through the same per-record function) ----------------
+
+
+def _hub_hotpot_row(raw: dict, sentences_key: str = "sentences") -> dict:
+    return {
+        "id": raw["_id"],
+        "question": raw["question"],
+        "answer": raw["answer"],
+        "type": raw["type"],
+        "supporting_facts": {"title": [t for t, _ in raw["supporting_facts"]],
+                             "sent_id": [s for _, s in raw["supporting_facts"]]},
+        "context": {"title": [t for t, _ in raw["context"]], sentences_key: [s for _, s in raw["context"]]},
+    }
+
+
+def test_hotpot_hub_rows_match_the_original_format(hotpot):
+    raw = json.loads(HOTPOT.read_text())[:4]
+    rows = datasets.Dataset.from_list([_hub_hotpot_row(r) for r in raw])
+    converted = records_from_rows(rows, "hotpotqa", "hub hotpot_qa")
+    assert converted == hotpot[:4]
+
+
+def test_2wiki_hub_rows_with_content_key(wiki):
+    raw = json.loads(WIKI.read_text())[:3]
+    rows = datasets.Dataset.from_list([_hub_hotpot_row(r, "content") for r in raw])
+    assert records_from_rows(rows, "2wiki", "hub 2wiki") == wiki[:3]
+
+
+def test_musique_hub_rows(musique):
+    raw = [json.loads(line) for line in MUSIQUE.read_text().splitlines()[:3]]
+    rows = datasets.Dataset.from_list(raw)
+    assert records_from_rows(rows, "musique", "hub musique") == musique[:3]
+
+
+def test_load_records_treats_unknown_paths_as_hub_ids(monkeypatch, hotpot):
+    raw = json.loads(HOTPOT.read_text())[:6]
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None):
+        calls.append((path, name, split))
+        return datasets.Dataset.from_list([_hub_hotpot_row(r) for r in raw])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    cfg = DataConfig(dataset="hotpotqa", path="hotpotqa/hotpot_qa", hub_config="distractor", max_records=2)
+    assert load_records(cfg) == hotpot[:2]
+    assert calls == [("hotpotqa/hotpot_qa", "distractor", "validation")]
+
+
+def test_hub_row_errors_name_the_row():
+    row = {"id": "abc", "question": "q?", "answer": "a",
+           "context": {"title": ["T"], "sentences": [["s."]]},
+           "supporting_facts": {"title": ["Missing"], "sent_id": [0]}}
+    with pytest.raises(DataError, match=r"hub x: record 0 \(id 'abc'\).*'Missing'"):
+        records_from_rows([row], "hotpotqa", "hub x")
+
+
+# ---- configuration errors -------------------------------------------------------------------------------
+
+
+def test_empty_path_says_to_set_data_path():
+    with pytest.raises(DataError, match="data.path"):
+        load_records(DataConfig(dataset="musique", path=""))
+
+
+def test_missing_local_file_is_not_sent_to_the_hub(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        load_records(DataConfig(dataset="hotpotqa", path=str(tmp_path / "nope.json")))
+
+
+def test_unknown_dataset_lists_the_valid_names():
+    with pytest.raises(ValueError, match=r"hotpotqa.*2wiki.*musique.*synthetic"):
+        DataConfig(dataset="nq")
+
+
+# ---- corrupted copies ----------------------------------------------------------------------------------
+
+
+def test_truncated_json_names_the_broken_record(tmp_path):
+    text = HOTPOT.read_text()
+    records = json.loads(text)
+    cut = text.index(f'"_id": "{records[50]["_id"]}"') + 300
+    bad = tmp_path / "truncated.json"
+    bad.write_text(text[:cut])
+    with pytest.raises(DataError) as err:
+        load_hotpotqa(bad)
+    message = str(err.value)
+    assert str(bad) in message and "record 50" in message and records[50]["_id"] in message
+
+
+def test_truncated_after_a_record_says_so(tmp_path):
+    bad = tmp_path / "cut.json"
+    bad.write_text(json.dumps(json.loads(HOTPOT.read_text())[:2]).rstrip("]"))
+    with pytest.raises(DataError, match=r"cut.json.*truncated"):
+        load_hotpotqa(bad)
+
+
+def test_missing_key_names_record_and_key(tmp_path):
+    records = json.loads(WIKI.read_text())[:5]
+    del records[3]["question"]
+    bad = tmp_path / "nokey.json"
+    bad.write_text(json.dumps(records))
+    with pytest.raises(DataError, match=rf"nokey.json: record 3 \(id '{records[3]['_id']}'\): missing key 'question'"):
+        load_2wiki(bad)
+
+
+def test_bad_supporting_title_names_record_and_title(tmp_path):
+    records = json.loads(HOTPOT.read_text())[:9]
+    records[7]["supporting_facts"][0][0] = "No Such Title"
+    bad = tmp_path / "title.json"
+    bad.write_text(json.dumps(records))
+    with pytest.raises(DataError, match=rf"title.json: record 7 \(id '{records[7]['_id']}'\).*'No Such Title'"):
+        load_hotpotqa(bad)
+
+
+def test_wrong_types_and_container(tmp_path):
+    records = json.loads(HOTPOT.read_text())[:3]
+    records[1]["context"] = "not a list"
+    bad = tmp_path / "types.json"
+    bad.write_text(json.dumps(records))
+    with pytest.raises(DataError, match=r"record 1 .*'context'"):
+        load_hotpotqa(bad)
+    obj = tmp_path / "object.json"
+    obj.write_text(json.dumps({"data": records}))
+    with pytest.raises(DataError, match=r"object.json: expected one JSON array"):
+        load_hotpotqa(obj)
+
+
+def test_non_json_line_in_jsonl_names_line_and_record(tmp_path):
+    lines = MUSIQUE.read_text().splitlines()[:8]
+    lines[4] = "this is not json"
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"broken.jsonl: record 4 \(line 5, id unknown\): not valid JSON"):
+        load_musique(bad)
+
+
+def test_musique_paragraph_errors_name_the_paragraph(tmp_path):
+    rows = [json.loads(line) for line in MUSIQUE.read_text().splitlines()[:2]]
+    rows[1]["paragraphs"][3]["is_supporting"] = "yes"
+    bad = tmp_path / "para.jsonl"
+    bad.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(DataError, match=rf"record 1 \(id '{rows[1]['id']}'\): paragraphs\[3\].*is_supporting"):
+        load_musique(bad)
+
+
+def test_paragraph_text_rule():
+    assert Paragraph("t", ("A b.", " C d.")).text == "A b. C d."
+    assert Paragraph("t", ("A b.", "C d.")).text == "A b. C d."
+    assert Paragraph("t", ()).text == ""
