@@ -28,7 +28,7 @@ from atom.eval.harness import evaluate, markdown_table
 from atom.memory.embedder import build_embedder
 from atom.train.grpo import GRPOModule
 from atom.train.models import context_window, load_model, load_tokenizer
-from atom.train.sft import DemoDataset, SFTModule, collate, demos_from_trajectories, read_demos, steps_per_epoch
+from atom.train.sft import DemoDataset, SFTModule, collate, demos_from_trajectories, read_demos
 from atom.train.trainer import build_trainer, resume_path
 
 log = logging.getLogger("atom.fit")
@@ -73,9 +73,8 @@ def run_sft(p: Pipeline) -> None:
         generator=torch.Generator().manual_seed(cfg.run.seed),
         collate_fn=lambda b: collate(b, p.tokenizer.pad_token_id),
     )  # fmt: skip
-    per_epoch = steps_per_epoch(len(dataset), cfg.sft)
     trainer = build_trainer(
-        cfg.trainer, p.run_dir, "sft", every_n_steps=per_epoch, max_epochs=cfg.sft.epochs,
+        cfg.trainer, p.run_dir, "sft", every_n_epochs=1, max_epochs=cfg.sft.epochs,
         accumulate_grad_batches=cfg.sft.accumulate, gradient_clip_val=cfg.sft.grad_clip or None,
     )  # fmt: skip
     trainer.fit(SFTModule(p.model, cfg.sft), loader, ckpt_path=resume_path(cfg.trainer, p.run_dir, "sft"),
@@ -91,10 +90,11 @@ def run_grpo(p: Pipeline) -> None:
         p.model, p.tokenizer, cfg.grpo, cfg.sampling, p.engine, p.data.train_samples, p.data.val_samples,
         ref_model=ref, seed=cfg.run.seed, max_prompt_tokens=p.max_prompt_tokens,
     )  # fmt: skip
-    steps = DataLoader(range(cfg.grpo.max_steps), batch_size=1)  # one item per rollout step; prompts: the schedule
+    # One Lightning "epoch" per rollout step (a one-item loader; the module's schedule picks the prompts), so the
+    # epoch counter is the rollout step: checkpoints and resume line up with it whatever updates_per_batch is.
+    steps = DataLoader([0], batch_size=1)
     trainer = build_trainer(
-        cfg.trainer, p.run_dir, "grpo", every_n_steps=cfg.grpo.checkpoint_every * cfg.grpo.updates_per_batch,
-        max_epochs=1,
+        cfg.trainer, p.run_dir, "grpo", every_n_epochs=cfg.grpo.checkpoint_every, max_epochs=cfg.grpo.max_steps,
     )  # fmt: skip
     trainer.fit(module, steps, ckpt_path=resume_path(cfg.trainer, p.run_dir, "grpo"), weights_only=True)
 

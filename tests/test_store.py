@@ -3,8 +3,10 @@ hypothesis test against a plain-Python reference."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
+import shutil
 import tempfile
 
 import numpy as np
@@ -318,6 +320,9 @@ class Reference:
 
 
 def make_machine(cfg: MemoryConfig) -> type[RuleBasedStateMachine]:
+    save_dir = tempfile.mkdtemp(prefix="atom-store-test-")
+    atexit.register(shutil.rmtree, save_dir, ignore_errors=True)
+
     class StoreMachine(RuleBasedStateMachine):
         def __init__(self) -> None:
             super().__init__()
@@ -379,9 +384,9 @@ def make_machine(cfg: MemoryConfig) -> type[RuleBasedStateMachine]:
 
         @rule()
         def save_and_load(self):
-            with tempfile.TemporaryDirectory() as tmp:
-                self.store.save(tmp)
-                self.store = MemoryStore.load(tmp, EMBEDDER)
+            # One folder for every example: each save must also replace what an earlier store left there.
+            self.store.save(save_dir)
+            self.store = MemoryStore.load(save_dir, EMBEDDER)
 
         @invariant()
         def same_entries(self):
@@ -391,7 +396,7 @@ def make_machine(cfg: MemoryConfig) -> type[RuleBasedStateMachine]:
             assert all(self.store.get(i) == t for i, t in self.ref.texts.items())
 
     StoreMachine.TestCase.settings = settings(
-        max_examples=250, stateful_step_count=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+        max_examples=300, stateful_step_count=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
     )
     return StoreMachine
 

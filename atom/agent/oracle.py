@@ -1,32 +1,32 @@
 """The oracle teacher: a policy that reads the gold supporting facts and writes ideal CRUD trajectories.
 
-Its replies are SFT demonstrations (DESIGN.md section 3), so each one is what we want a model to write: one or two
-short sentences of reasoning, then well-formed actions (``render_action``), using only the operations the episode's
-``AgentConfig`` enables, and only ids the model could see in its prompt.
+Its replies become SFT demonstrations (DESIGN.md section 3), so each is what we want a model to write: a short
+line of reasoning, then well-formed actions (``render_action``) of the operations the ``AgentConfig`` enables,
+addressing only ids shown in the prompt.
 
 Read phase, per chunk:
-- a gold supporting sentence that appears in the chunk (whitespace-insensitive substring) and is not yet held is
-  stored as a self-contained fact ``"Title: sentence"``; sentences of one document seen together go into one entry;
-- if an entry for that title is among the memories shown this turn, the new sentence is merged into it with
-  ``<update>`` (without Update: delete it and create the merged entry; without Delete either: create);
-- a sentence cut off by the end of the chunk is stored as its beginning, and a ``<read>`` for its title makes the
-  entry visible next turn, where the full sentence (seen whole thanks to the overlap, or completed from the rest
-  at the start of the next chunk) replaces it by ``<update>``; the same read is issued when a document with more
-  supporting sentences runs into the next chunk;
-- a shown entry whose text is contained in another shown entry (a duplicate, a superseded beginning) is deleted;
-- the scratchpad keeps one status line per question ("Q1: found 1/2 facts (Title A)") and is rewritten only when
-  it changes; without the store, it also holds the facts themselves;
-- at the last chunk, a ``<read>`` with the first question and its titles prepares the answer phase.
+- a gold supporting sentence found in the chunk (whitespace-insensitive substring) and not yet held is stored
+  as a self-contained fact ``"Title: sentence"``; sentences of one document seen together share one entry;
+- if an entry for that title is among the memories shown, the new text is merged into it with ``<update>``
+  (without Update: delete it and create the merged entry; without Delete either: create a new one);
+- a document whose other supporting sentences run into the next chunk gets a ``<read>`` of its title, so
+  that its entry is shown, and updated, at the next turn. A sentence cut off by the chunk end that the overlap
+  does not repeat whole is stored as its beginning (with the same read) and completed at the next turn from
+  the rest at the start of the next chunk;
+- a shown entry whose text another shown entry contains (a duplicate, a superseded beginning) is deleted;
+- the scratchpad keeps one status line per question ("Q1: found 1/2 facts (Title A)"), rewritten only when it
+  changes; without the store it also keeps the facts, grouped by title, as many as fit;
+- at the last chunk, a ``<read>`` of the first question and its titles prepares the answer phase.
 
-Answer phase, per question: while the shown memories miss supporting facts that the store holds and reads remain,
-``<read>`` (the question and its titles first, then the missing titles); then ``<answer>`` the gold answer (first
-alias, boxed when ``boxed_answers``).
+Answer phase, per question: while the shown memories miss supporting facts that the store holds and reads
+remain, ``<read>`` (the question and its titles, then the missing titles, then each alone); then ``<answer>``
+the gold answer (first alias, boxed when ``boxed_answers``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from atom.agent.actions import Action, render_action
 from atom.agent.episode import ANSWER, READ, Episode
@@ -44,7 +44,7 @@ _NOTHING = (
 
 
 def _squash(text: str) -> str:
-    """Whitespace-insensitive form used for matching gold sentences against chunk and memory text."""
+    """Whitespace-insensitive form used to match gold sentences against chunk and memory text."""
     return " ".join(text.split())
 
 
@@ -55,27 +55,25 @@ class _Fact:
     sentence: str  # stripped gold sentence, as written into memory
     squashed: str  # _squash(sentence)
     norm: str  # normalize_answer(sentence): the episode's coverage metric matches on this
-    questions: tuple[int, ...]  # questions it supports
+    questions: tuple[int, ...]  # the questions it supports
 
 
-def _facts(sample: LongContextSample) -> tuple[list[_Fact], list[list[int]]]:
+def sample_facts(sample: LongContextSample) -> tuple[list[_Fact], list[list[int]]]:
     """The sample's distinct supporting facts (document order) and, per question, the indices of its facts."""
-    by_key: dict[tuple[str, str], dict] = {}
+    found: dict[tuple[str, str], tuple[int, int, list[int]]] = {}
     for q, per_q in enumerate(sample.supporting_facts):
         for d, s in per_q:
             doc = sample.documents[d]
             sentence = doc.sentences[s].strip()
-            if not sentence or not normalize_answer(sentence):
-                continue
-            item = by_key.setdefault((doc.title, _squash(sentence)), {"doc": d, "s": s, "q": []})
-            if q not in item["q"]:
-                item["q"].append(q)
-    ordered = sorted(by_key.items(), key=lambda kv: (kv[1]["doc"], kv[1]["s"]))
-    facts = [
-        _Fact(v["doc"], title, sentence, _squash(sentence), normalize_answer(sentence), tuple(v["q"]))
-        for (title, _), v in ordered
-        for sentence in [sample.documents[v["doc"]].sentences[v["s"]].strip()]
-    ]
+            if not normalize_answer(sentence):
+                continue  # nothing a memory could be matched on
+            _, _, questions = found.setdefault((doc.title, _squash(sentence)), (d, s, []))
+            if q not in questions:
+                questions.append(q)
+    facts = []
+    for (title, squashed), (d, s, questions) in sorted(found.items(), key=lambda kv: kv[1][:2]):
+        sentence = sample.documents[d].sentences[s].strip()
+        facts.append(_Fact(d, title, sentence, squashed, normalize_answer(sentence), tuple(questions)))
     per_question = [
         [i for i, f in enumerate(facts) if q in f.questions] for q in range(len(sample.questions))
     ]
@@ -84,65 +82,103 @@ def _facts(sample: LongContextSample) -> tuple[list[_Fact], list[list[int]]]:
 
 def _tail_prefix(chunk: str, sentence: str, min_chars: int) -> str | None:
     """The longest beginning of ``sentence`` that ``chunk`` ends with, cut back to whole words (or None)."""
-    for i in range(max(0, len(chunk) - len(sentence) + 1), len(chunk) - min_chars + 1):
+    probe = sentence[:min_chars]
+    i = chunk.find(probe, max(0, len(chunk) - len(sentence) + 1))
+    while i != -1:
         tail = chunk[i:]
         if sentence.startswith(tail):
             if len(tail) < len(sentence) and sentence[len(tail)] != " " and " " in tail:
                 tail = tail[: tail.rfind(" ")]  # the chunk ends inside a word
             tail = tail.strip()
             return tail if len(tail) >= min_chars else None
+        i = chunk.find(probe, i + 1)
     return None
 
 
 def _head_suffix_start(chunk: str, sentence: str, min_chars: int) -> int | None:
-    """Smallest ``b > 0`` such that ``chunk`` starts with ``sentence[b:]`` (at least ``min_chars`` long)."""
-    for b in range(1, len(sentence) - min_chars + 1):
+    """Smallest ``b > 0`` such that ``chunk`` starts with ``sentence[b:]``, at least ``min_chars`` long."""
+    probe = chunk[:min_chars]
+    if len(probe) < min_chars:
+        return None
+    b = sentence.find(probe, 1)
+    while b != -1 and len(sentence) - b >= min_chars:
         if chunk.startswith(sentence[b:]):
             return b
+        b = sentence.find(probe, b + 1)
     return None
 
 
 def _stored_beginning(body: str, sentence: str, min_chars: int) -> int:
-    """Length of the longest word-aligned tail of ``body`` that begins ``sentence`` (0 if under ``min_chars``)."""
-    for i in range(max(0, len(body) - len(sentence)), len(body) - min_chars + 1):
+    """Length of the longest word-aligned tail of ``body`` that begins ``sentence``; 0 below ``min_chars``."""
+    probe = sentence[:min_chars]
+    i = body.find(probe, max(0, len(body) - len(sentence)))
+    while i != -1:
         if sentence.startswith(body[i:]) and (i == 0 or body[i - 1] == " "):
             return len(body) - i
+        i = body.find(probe, i + 1)
     return 0
 
 
 def _merge(text: str, title: str, sentences: Sequence[str], min_chars: int) -> str:
-    """``text`` of a "Title: ..." entry with ``sentences`` added; a trailing beginning of one is replaced."""
+    """The text of a "Title: ..." entry with ``sentences`` added; a stored beginning of one is replaced."""
     head = f"{title}: "
     body = _squash(text[len(head) :] if text.startswith(head) else text)
     for sentence in sentences:
         s = _squash(sentence)
         if normalize_answer(s) in normalize_answer(body):
             continue
-        # A beginning stored at a chunk boundary (see _tail_prefix) is superseded by the whole sentence.
         cut = _stored_beginning(body, s, min_chars)
         body = f"{body[: len(body) - cut].rstrip()} {s}".strip()
     return head + body
+
+
+def _fit_lines(lines: Sequence[str], limit: int) -> str:
+    """Whole lines, in order, as many as fit in ``limit`` characters (the scratchpad is cut, not wrapped)."""
+    out: list[str] = []
+    size = -1
+    for line in lines:
+        if size + 1 + len(line) > limit:
+            break
+        out.append(line)
+        size += 1 + len(line)
+    return "\n".join(out)
+
+
+def _join(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+@dataclass
+class _ReadTurn:
+    """What the oracle decided for one read-phase turn: its reasoning sentences and rendered actions."""
+
+    reasons: list[str] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+    touched: set[int] = field(default_factory=set)  # ids updated or deleted this turn
+
+    def text(self, fallback: str) -> str:
+        return " ".join(self.reasons or [fallback]) + "".join("\n" + a for a in self.actions)
 
 
 class OraclePolicy:
     """Text-only policy for AtomMem ``Episode``s that uses the gold supporting facts (see module docstring).
 
     Args:
-        min_partial_chars: shortest beginning of a cut-off sentence worth storing (shorter ones are left to the
-            overlap of the next chunk).
+        min_partial_chars: shortest beginning of a cut-off sentence worth storing, and shortest overlap
+            used to recognise beginnings and continuations of sentences.
     """
 
     def __init__(self, min_partial_chars: int = 20):
         if min_partial_chars <= 0:
             raise ValueError(f"min_partial_chars must be > 0, got {min_partial_chars}")
-        self.min_partial_chars = min_partial_chars
+        self.min_chars = min_partial_chars
         self._facts: dict[str, tuple[list[_Fact], list[list[int]]]] = {}
 
     def act(self, episodes: Sequence[Episode], messages: Sequence[Messages]) -> list[Reply]:
         return [Reply(self.reply(e)) for e in episodes]
 
     def reply(self, episode: Episode) -> str:
-        """The oracle's reply to the episode's current prompt (``messages()`` must have been built)."""
+        """The reply to the episode's current prompt (after ``episode.messages()``, as the engine does)."""
         if not isinstance(episode, Episode):
             raise TypeError(f"OraclePolicy drives AtomMem Episodes only, got {type(episode).__name__}")
         if episode.phase == READ:
@@ -151,13 +187,11 @@ class OraclePolicy:
             return self._answer_turn(episode)
         raise RuntimeError("episode is over")
 
-    # -- helpers -----------------------------------------------------------------------------------------------
-
     def _sample_facts(self, sample: LongContextSample) -> tuple[list[_Fact], list[list[int]]]:
         if sample.id not in self._facts:
             if len(self._facts) >= 256:
                 self._facts.clear()
-            self._facts[sample.id] = _facts(sample)
+            self._facts[sample.id] = sample_facts(sample)
         return self._facts[sample.id]
 
     @staticmethod
@@ -171,128 +205,116 @@ class OraclePolicy:
             return render_action(Action(kind, text, id))
         except (
             ValueError
-        ):  # a gold text that contains a tag: drop the angle brackets (normalization ignores them)
+        ):  # a gold text containing a tag: drop the angle brackets (normalization ignores them)
             return render_action(Action(kind, text.replace("<", "").replace(">", "").strip(), id))
 
     @staticmethod
-    def _held(fact: _Fact, texts: Sequence[str]) -> bool:
-        return any(fact.norm in t for t in texts)
-
-    def _status(self, facts: list[_Fact], per_question: list[list[int]], held: set[int]) -> list[str]:
+    def _status(facts: list[_Fact], per_question: list[list[int]], held: set[int]) -> list[str]:
         lines = []
         for q, idx in enumerate(per_question):
-            if not idx:
-                continue
-            found = [facts[i] for i in idx if i in held]
-            titles = list(dict.fromkeys(f.title for f in found))
-            suffix = f" ({'; '.join(titles)})" if titles else ""
-            lines.append(f"Q{q + 1}: found {len(found)}/{len(idx)} facts{suffix}")
+            if idx:
+                titles = list(dict.fromkeys(facts[i].title for i in idx if i in held))
+                found = sum(i in held for i in idx)
+                suffix = f" ({'; '.join(titles)})" if titles else ""
+                lines.append(f"Q{q + 1}: found {found}/{len(idx)} facts{suffix}")
         return lines
 
-    # -- read phase --------------------------------------------------------------------------------------------
+    # -- read phase ------------------------------------------------------------------------------------------
 
     def _read_turn(self, ep: Episode) -> str:
-        cfg = ep.cfg
+        cfg, storage = ep.cfg, ep.cfg.use_storage
         facts, per_question = self._sample_facts(ep.sample)
         chunk = _squash(ep.chunks[ep.chunk_index])
         last = ep.chunk_index == len(ep.chunks) - 1
-        storage = cfg.use_storage
-        store_texts = [normalize_answer(e.text) for e in ep.store.entries()] if storage else []
-        pad_text = normalize_answer(ep.scratchpad)
-        held_before = {
-            i for i, f in enumerate(facts) if self._held(f, store_texts if storage else [pad_text])
-        }  # fmt: skip
+        memory = [normalize_answer(e.text) for e in ep.store.entries()] if storage else []
+        if not storage:
+            memory = [normalize_answer(ep.scratchpad)]
+        held = {i for i, f in enumerate(facts) if any(f.norm in t for t in memory)}
+        # Only entries shown whole can be merged: the model could not rewrite text it never saw.
         shown = [e for e in self._shown(ep) if len(e.text) <= cfg.memory_max_chars] if storage else []
 
-        # Facts whole in this chunk, or completed from a beginning shown in memory plus the rest at its start.
-        visible: list[int] = []
+        visible: list[
+            int
+        ] = []  # facts whole in this chunk, or completed from a shown beginning + the chunk start
         completes: dict[int, Entry] = {}
         for i, f in enumerate(facts):
-            if i in held_before:
+            if i in held:
                 continue
             if f.squashed in chunk:
                 visible.append(i)
                 continue
-            b = _head_suffix_start(chunk, f.squashed, self.min_partial_chars) if storage else None
-            if b is not None:
-                for e in shown:
-                    body = _squash(e.text)
-                    if (
-                        body.startswith(f"{f.title}: ")
-                        and _stored_beginning(body, f.squashed, self.min_partial_chars) >= b
-                    ):
-                        visible.append(i)
-                        completes[i] = e
-                        break
-        partial: dict[int, str] = {}
+            b = _head_suffix_start(chunk, f.squashed, self.min_chars) if storage else None
+            for e in shown if b is not None else []:
+                body = _squash(e.text)
+                if (
+                    body.startswith(f"{f.title}: ")
+                    and _stored_beginning(body, f.squashed, self.min_chars) >= b
+                ):
+                    visible.append(i)
+                    completes[i] = e
+                    break
+        partial: dict[int, str] = {}  # fact -> the beginning the chunk ends with
         if storage and not last:
+            following = _squash(ep.chunks[ep.chunk_index + 1])
             for i, f in enumerate(facts):
-                if i in held_before or i in visible:
+                # A sentence the overlap repeats whole in the next chunk is simply stored there.
+                if i in held or i in visible or f.squashed in following:
                     continue
-                p = _tail_prefix(chunk, f.squashed, self.min_partial_chars)
+                p = _tail_prefix(chunk, f.squashed, self.min_chars)
                 if p is not None and not any(_squash(e.text).endswith(p) for e in shown):
                     partial[i] = p
 
-        actions: list[str] = []
-        reasons: list[str] = []
+        turn = _ReadTurn()
         if visible:
-            reasons.append(self._evidence_line(facts, visible))
-        held_after = held_before | set(visible)
-        follow_up: list[str] = []  # titles to look up so that their entry is shown next turn
+            turn.reasons.append(self._evidence(facts, visible))
+        held |= set(visible)
+        query = ""
         if storage:
-            touched = self._store_actions(ep, facts, visible, completes, partial, shown, actions, reasons)
-            if not last:
-                for i in visible:
-                    doc_rest = [
-                        j
-                        for j, g in enumerate(facts)
-                        if g.doc == facts[i].doc and j not in held_after and j != i
-                    ]
-                    if doc_rest and facts[i].title not in follow_up:
-                        follow_up.append(facts[i].title)
-                for i in partial:
-                    if facts[i].title not in follow_up:
-                        follow_up.append(facts[i].title)
-                if follow_up:
-                    titles = ", ".join(follow_up)
-                    reasons.append(
-                        f"The paragraph on {titles} runs into the next chunk; I look up its memory to complete it."
-                    )
-            self._dedupe(ep, shown, touched, actions, reasons)
-
-        if cfg.use_scratchpad:
-            pad = self._pad(ep, facts, per_question, held_after, visible, storage)
-            if pad != ep.scratchpad:
-                actions.append(self._render("scratchpad", pad))
-                if not storage and visible:
-                    reasons.append("I note the facts in the scratchpad.")
-
-        if storage:
-            query = ""
-            if last and per_question:
+            self._store(ep, facts, visible, completes, partial, shown, turn)
+            continuing = [
+                facts[i].title
+                for i in visible
+                if any(g.doc == facts[i].doc and j not in held for j, g in enumerate(facts))
+            ]
+            cut = [facts[i].title for i in partial]
+            follow = list(dict.fromkeys(continuing + cut))
+            if cut:
+                turn.reasons.append(
+                    f"The paragraph on {_join(list(dict.fromkeys(cut)))} is cut off at the end of the chunk; "
+                    "I store its beginning and look it up to complete it."
+                )
+            if set(follow) - set(cut) and not last:
+                rest = [t for t in follow if t not in cut]
+                turn.reasons.append(f"The paragraph on {_join(rest)} continues; I look it up to extend it.")
+            self._dedupe(ep, shown, turn)
+            if last:
                 query = self._question_query(ep, facts, per_question, 0)
                 if query != ep.query:
-                    reasons.append("This is the last chunk, so I search memory for question 1.")
-            elif follow_up:
-                query = "; ".join(follow_up)
-            if query and query != ep.query:
-                actions.append(self._render("read", query))
-        if not reasons:
-            reasons.append(_NOTHING[ep.chunk_index % len(_NOTHING)])
-        return " ".join(reasons) + ("\n" + "\n".join(actions) if actions else "")
+                    turn.reasons.append("This is the last chunk, so I search memory for question 1.")
+            elif follow:
+                query = "; ".join(follow)
+        if cfg.use_scratchpad:
+            pad = self._pad(ep, facts, per_question, held, visible)
+            if pad != ep.scratchpad:
+                turn.actions.append(self._render("scratchpad", pad))
+                if not storage and visible:
+                    turn.reasons.append("I note the facts in the scratchpad.")
+        if query and query != ep.query:
+            turn.actions.append(self._render("read", query))
+        return turn.text(_NOTHING[ep.chunk_index % len(_NOTHING)])
 
-    def _evidence_line(self, facts: list[_Fact], visible: list[int]) -> str:
+    @staticmethod
+    def _evidence(facts: list[_Fact], visible: list[int]) -> str:
         by_q: dict[int, list[str]] = {}
         for i in visible:
             for q in facts[i].questions:
                 titles = by_q.setdefault(q, [])
                 if facts[i].title not in titles:
                     titles.append(facts[i].title)
-        parts = [f"Q{q + 1} ({', '.join(t)})" for q, t in sorted(by_q.items())]
-        joined = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-        return f"This chunk has evidence for {joined}."
+        parts = [f"Q{q + 1} ({_join(t)})" for q, t in sorted(by_q.items())]
+        return f"This chunk has evidence for {_join(parts)}."
 
-    def _store_actions(
+    def _store(
         self,
         ep: Episode,
         facts: list[_Fact],
@@ -300,51 +322,48 @@ class OraclePolicy:
         completes: dict[int, Entry],
         partial: dict[int, str],
         shown: list[Entry],
-        actions: list[str],
-        reasons: list[str],
-    ) -> set[int]:
-        """Create/update actions for this turn's facts, grouped by title; returns the ids it updates or deletes."""
+        turn: _ReadTurn,
+    ) -> None:
+        """Create, or merge into a shown entry of the same title, this turn's facts (grouped by title)."""
         cfg = ep.cfg
         groups: dict[str, list[str]] = {}
         targets: dict[str, Entry] = {}
         for i in sorted(set(visible) | set(partial), key=lambda i: (facts[i].doc, i)):
-            f = facts[i]
-            groups.setdefault(f.title, []).append(partial.get(i, f.sentence))
+            groups.setdefault(facts[i].title, []).append(partial.get(i, facts[i].sentence))
             if i in completes:
-                targets.setdefault(f.title, completes[i])
+                targets.setdefault(facts[i].title, completes[i])
         for title in groups:
-            if title not in targets:
-                match = [e for e in shown if e.text.startswith(f"{title}: ")]
-                if match:
-                    targets[title] = match[0]
-        touched: set[int] = set()
-        merged_ids: list[int] = []
+            match = [e for e in shown if e.text.startswith(f"{title}: ")]
+            if title not in targets and match:
+                targets[title] = match[0]
+        merged: list[tuple[int, str]] = []
         for title, sentences in groups.items():
             target = targets.get(title)
-            if target is not None and target.id not in touched:
-                text = _merge(target.text, title, sentences, self.min_partial_chars)
-                if len(text) <= cfg.action_max_chars and (cfg.allow_update or cfg.allow_delete):
-                    touched.add(target.id)
-                    merged_ids.append(target.id)
+            if (
+                target is not None
+                and target.id not in turn.touched
+                and (cfg.allow_update or cfg.allow_delete)
+            ):
+                text = _merge(target.text, title, sentences, self.min_chars)
+                if len(text) <= cfg.action_max_chars:
+                    turn.touched.add(target.id)
+                    merged.append((target.id, title))
                     if cfg.allow_update:
-                        actions.append(self._render("update", text, target.id))
-                    else:  # no Update: replace the entry
-                        actions.append(self._render("delete", id=target.id))
-                        actions.append(self._render("create", text))
+                        turn.actions.append(self._render("update", text, target.id))
+                    else:  # no Update: replace the entry by a merged one
+                        turn.actions.append(self._render("delete", id=target.id))
+                        turn.actions.append(self._render("create", text))
                     continue
             for body in self._pack(title, sentences, cfg.action_max_chars):
-                actions.append(self._render("create", body))
-        if merged_ids:
-            ids = " and ".join(f"[id {i}]" for i in merged_ids)
-            reasons.append(f"Memory {ids} already covers {'this title' if len(merged_ids) == 1 else 'these titles'}, "
-                           "so I merge the new text into it.")  # fmt: skip
-        if partial:
-            reasons.append("One paragraph is cut off at the end of the chunk; I keep its beginning for now.")
-        return touched
+                turn.actions.append(self._render("create", body))
+        if merged:
+            refs = _join([f"[id {i}]" for i, _ in merged])
+            titles = _join([t for _, t in merged])
+            turn.reasons.append(f"Memory {refs} already covers {titles}, so I merge the new text into it.")
 
     @staticmethod
     def _pack(title: str, sentences: Sequence[str], max_chars: int) -> list[str]:
-        """ "Title: s1 s2 ..." bodies of at most ``max_chars`` (a longer single sentence is left to the parser's cut)."""
+        """Entry texts "Title: s1 s2 ..." of at most ``max_chars`` (the parser cuts one overlong sentence)."""
         bodies: list[str] = []
         for s in sentences:
             if bodies and len(bodies[-1]) + 1 + len(s) <= max_chars:
@@ -353,27 +372,23 @@ class OraclePolicy:
                 bodies.append(f"{title}: {s}")
         return bodies
 
-    def _dedupe(
-        self, ep: Episode, shown: list[Entry], touched: set[int], actions: list[str], reasons: list[str]
-    ):
-        """Delete shown entries whose text another shown entry already contains (duplicates, stale beginnings)."""
+    def _dedupe(self, ep: Episode, shown: list[Entry], turn: _ReadTurn) -> None:
+        """Delete shown entries that another shown entry already contains (duplicates, stale beginnings)."""
         if not ep.cfg.allow_delete:
             return
         norms = {e.id: normalize_answer(e.text) for e in shown}
-        deleted: list[int] = []
         for e in shown:
-            if e.id in touched:
+            if e.id in turn.touched:
                 continue
             for other in shown:
-                if other.id == e.id or other.id in touched or other.id in deleted:
+                if other.id == e.id or other.id in turn.touched:
                     continue
                 same = norms[e.id] == norms[other.id]
                 if norms[e.id] in norms[other.id] and (not same or e.id > other.id):
-                    deleted.append(e.id)
-                    reasons.append(f"Memory [id {e.id}] repeats memory [id {other.id}], so I delete it.")
+                    turn.touched.add(e.id)
+                    turn.actions.append(self._render("delete", id=e.id))
+                    turn.reasons.append(f"Memory [id {e.id}] repeats memory [id {other.id}], so I delete it.")
                     break
-        touched.update(deleted)
-        actions += [self._render("delete", id=i) for i in deleted]
 
     def _pad(
         self,
@@ -382,25 +397,27 @@ class OraclePolicy:
         per_question: list[list[int]],
         held: set[int],
         visible: list[int],
-        storage: bool,
     ) -> str:
-        """Status per question; without the store, the facts too (as many as fit)."""
+        """Status per question; without the store, also the facts (grouped by title) that fit."""
         limit = ep.cfg.scratchpad_max_chars
-        if storage:
-            return "\n".join(self._status(facts, per_question, held))[:limit].strip()
+        if ep.cfg.use_storage:
+            return _fit_lines(self._status(facts, per_question, held), limit)
         pad_norm = normalize_answer(ep.scratchpad)
-        notes = [i for i in range(len(facts)) if i in held and facts[i].norm in pad_norm]
-        for i in visible:
-            notes.append(i)
-            text = "\n".join(self._status(facts, per_question, set(notes)) + ["Notes:"]
-                             + [f"{facts[j].title}: {facts[j].sentence}" for j in sorted(notes)])  # fmt: skip
-            if len(text) > limit:
-                notes.pop()  # does not fit: the fact stays unknown rather than cut mid-sentence
-        body = [f"{facts[j].title}: {facts[j].sentence}" for j in sorted(notes)]
-        lines = self._status(facts, per_question, set(notes)) + (["Notes:"] + body if body else [])
-        return "\n".join(lines)[:limit].strip()
+        notes = [i for i in range(len(facts)) if facts[i].norm in pad_norm]
 
-    # -- answer phase ------------------------------------------------------------------------------------------
+        def render(kept: list[int]) -> list[str]:
+            by_title: dict[str, list[str]] = {}
+            for i in sorted(kept):
+                by_title.setdefault(facts[i].title, []).append(facts[i].sentence)
+            body = [f"{t}: {' '.join(s)}" for t, s in by_title.items()]
+            return self._status(facts, per_question, set(kept)) + (["Notes:"] + body if body else [])
+
+        for i in visible:
+            if len("\n".join(render(notes + [i]))) <= limit:
+                notes.append(i)  # a fact that does not fit stays unknown rather than cut mid-sentence
+        return _fit_lines(render(notes), limit)
+
+    # -- answer phase ----------------------------------------------------------------------------------------
 
     @staticmethod
     def _question_query(ep: Episode, facts: list[_Fact], per_question: list[list[int]], q: int) -> str:
@@ -413,26 +430,26 @@ class OraclePolicy:
         q = ep.question_index
         shown = self._shown(ep) if cfg.use_storage else []
         shown_norm = [normalize_answer(e.text) for e in shown]
-        store_norm = [normalize_answer(e.text) for e in ep.store.entries()] if cfg.use_storage else []
-        needed = [facts[i] for i in per_question[q]] if q < len(per_question) else []
-        missing = [f for f in needed if not self._held(f, shown_norm) and self._held(f, store_norm)]
+        stored = [normalize_answer(e.text) for e in ep.store.entries()] if cfg.use_storage else []
+        needed = [facts[i] for i in per_question[q]]
+        missing = [
+            f for f in needed if not any(f.norm in t for t in shown_norm) and any(f.norm in t for t in stored)
+        ]
         if cfg.use_storage and ep.reads_left > 0 and missing:
             query = self._next_query(ep, facts, per_question, missing)
             if query is not None:
-                titles = ", ".join(dict.fromkeys(f.title for f in missing))
-                first = not any(self._held(f, shown_norm) for f in needed)
-                why = (
-                    "I search memory for this question."
-                    if first
-                    else f"The memories shown miss {titles}; I look it up."
-                )
+                if any(f.norm in t for f in needed for t in shown_norm):
+                    titles = _join(list(dict.fromkeys(f.title for f in missing)))
+                    why = f"The memories shown miss {titles}; I look it up."
+                else:
+                    why = "I search memory for this question."
                 return f"{why}\n{self._render('read', query)}"
         answer = ep.sample.answers[q][0].strip()
         if cfg.boxed_answers:
             answer = f"\\boxed{{{answer}}}"
-        cited = [e for e, n in zip(shown, shown_norm) if any(f.norm in n for f in needed)]
+        cited = [e.id for e, t in zip(shown, shown_norm) if any(f.norm in t for f in needed)]
         if cited:
-            refs = " and ".join(f"memory [id {e.id}]" for e in cited)
+            refs = _join([f"memory [id {i}]" for i in cited])
             why = f"{refs[0].upper()}{refs[1:]} {'gives' if len(cited) == 1 else 'give'} the answer."
         elif not cfg.use_storage and cfg.use_scratchpad and ep.scratchpad:
             why = "My notes in the scratchpad answer the question."
@@ -443,10 +460,13 @@ class OraclePolicy:
     def _next_query(
         self, ep: Episode, facts: list[_Fact], per_question: list[list[int]], missing: list[_Fact]
     ) -> str | None:
-        """The first untried query: the question with its titles, then the missing titles, then each alone."""
-        q = ep.question_index
+        """The question with its titles, then the missing titles, then each alone; never the current query."""
         titles = list(dict.fromkeys(f.title for f in missing))
-        candidates = [self._question_query(ep, facts, per_question, q), " ".join(titles)] + titles
+        candidates = [
+            self._question_query(ep, facts, per_question, ep.question_index),
+            " ".join(titles),
+            *titles,
+        ]
         candidates = list(dict.fromkeys(c for c in candidates if c))
         attempt = ep.cfg.answer_reads - ep.reads_left
         for c in candidates[attempt:] + candidates[:attempt]:

@@ -1,7 +1,7 @@
 """Data: dataset loaders (original formats), the synthetic task, long-context samples, token chunks.
 
-``atom.data.datamodule`` (``DataConfig``, ``AtomDataModule``) imports Lightning and is not re-exported here, so the
-record types can be imported cheaply.
+``atom.data.datamodule`` (``DataConfig``, ``AtomDataModule``) imports Lightning and is not re-exported here,
+so the record types can be imported cheaply.
 """
 
 from atom.data.chunker import Chunk, TokenChunker, TokenizedText

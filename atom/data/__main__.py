@@ -1,15 +1,17 @@
-"""``python -m atom.data CONFIG [key=value ...] [--split both|train|val|all] [--out FILE]``: sample statistics.
+"""Statistics of the long-context samples: ``python -m atom.data CONFIG [key=value ...]``.
+
+Usage: ``python -m atom.data CONFIG [key=value ...] [--split both|train|val|all] [--out FILE]``.
 
 Builds the long-context samples the config describes and prints, per split: samples, questions, documents,
 tokens (policy tokenizer) and chunks per sample (mean/min/max), the share of samples whose context was
-centre-truncated, and the share of samples whose supporting paragraphs all survived, first into the documents and
-then also through the centre truncation at ``data.max_chunks``. ``--split all`` uses every record in file order
-(no train/validation split). Each context is tokenized once.
+centre-truncated, and the share of samples whose supporting paragraphs all survived, first into the documents
+and then also through the centre truncation at ``data.max_chunks``. ``--split all`` uses every record in file
+order (no train/validation split). Each context is tokenized once.
 
 Example (the paper's HotpotQA setting over the shipped sample):
 
-    python -m atom.data experiments/quickstart.yaml data.dataset=hotpotqa \\
-        data.path=../shared/data/hotpotqa/hotpot_dev_distractor_v1.sample.json data.num_docs=200 data.val_fraction=1.0
+    python -m atom.data experiments/quickstart.yaml data.dataset=hotpotqa data.val_fraction=1.0 \\
+        data.path=../shared/data/hotpotqa/hotpot_dev_distractor_v1.sample.json data.num_docs=200
 """
 
 from __future__ import annotations
@@ -61,7 +63,9 @@ def split_stats(
         tokens.append(len(tokenized))
         chunks.append(len(windows))
         truncated += len(windows) < chunker.total_windows(len(tokenized))
-        wanted = [len({records[r].paragraphs[j].key for j in records[r].supporting}) for r in sample.record_ids]
+        wanted = [
+            len({records[r].paragraphs[j].key for j in records[r].supporting}) for r in sample.record_ids
+        ]
         all_in = all(len(set(docs)) == n for docs, n in zip(sample.supporting_docs, wanted))
         kept = _merge([tokenized.span(start, end) for _, start, end in windows])
         spans = document_spans(sample.documents)
@@ -104,8 +108,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m atom.data", description=__doc__.splitlines()[0])
     parser.add_argument("config", help="experiment YAML (its data and model sections are used)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.num_docs=400")
-    parser.add_argument("--split", choices=("both", "train", "val", "all"), default="both",
-                        help="which samples: train and val (default), one of them, or all records unsplit")
+    parser.add_argument(
+        "--split",
+        choices=("both", "train", "val", "all"),
+        default="both",
+        help="which samples: train and val (default), one of them, or all records unsplit",
+    )
     parser.add_argument("--out", help="also write the statistics as JSON to this file")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
@@ -120,7 +128,9 @@ def main(argv: list[str] | None = None) -> dict:
     d = cfg.data
     chunker = TokenChunker(load_tokenizer(cfg.model), d.chunk_tokens, d.chunk_overlap, d.max_chunks)
     records = {r.id: r for r in data.records}
-    print(f"{d.dataset}: {len(data.records)} records, num_docs={d.num_docs}, tokenizer {cfg.model.name_or_path}")
+    print(
+        f"{d.dataset}: {len(data.records)} records, num_docs={d.num_docs}, tokenizer {cfg.model.name_or_path}"
+    )
     result = {"data": asdict(cfg.data), "tokenizer": cfg.model.name_or_path, "splits": {}}
     for name, samples in splits.items():
         result["splits"][name] = split_stats(samples, records, chunker)

@@ -1,15 +1,15 @@
-"""Token chunking of a long context: tokenize once, slice into overlapping windows, keep the original text spans.
+"""Token chunking of a long context: tokenize once, cut overlapping windows, keep the original text spans.
 
-A context of n tokens is cut into windows of ``chunk_tokens`` tokens whose starts are ``chunk_tokens - overlap``
-apart, so consecutive chunks share exactly ``overlap`` tokens; the last window may be shorter. With
-``max_chunks > 0`` and more windows than that, the middle is dropped: the first ceil(m/2) and the last floor(m/2)
-windows are kept (the AtomMem release's centre truncation).
+A context of n tokens is cut into windows of ``chunk_tokens`` tokens that start ``chunk_tokens - overlap``
+tokens apart, so consecutive chunks share exactly ``overlap`` tokens; the last window may be shorter. With
+``max_chunks > 0`` and more windows than that, the middle is dropped: the first ceil(m/2) and the last
+floor(m/2) windows are kept (the AtomMem release's centre truncation).
 
 A chunk's ``text`` is cut from the original string at token boundaries taken from the tokenizer's offsets, not
 decoded from ids, so it has no decoding artefacts. Boundaries partition the text: the text between two tokens
-(e.g. a space that a tokenizer leaves out of its offsets) belongs to the earlier chunk, the first chunk starts at
-character 0 and the last ends at the end of the string, so concatenating the chunks with their overlap removed
-gives back the text exactly.
+(e.g. a space that a tokenizer leaves out of its offsets) belongs to the earlier chunk, the first chunk starts
+at character 0 and the last ends at the end of the string, so concatenating the chunks with their overlap
+removed gives back the text exactly.
 """
 
 from __future__ import annotations
@@ -55,21 +55,27 @@ class TokenChunker:
         if max_chunks < 0:
             raise ValueError(f"max_chunks must be >= 0 (0 = no truncation), got {max_chunks}")
         if not getattr(tokenizer, "is_fast", False):
-            raise ValueError(f"TokenChunker needs a fast tokenizer (character offsets); got {type(tokenizer).__name__}")
+            raise ValueError(
+                f"TokenChunker needs a fast tokenizer (character offsets); got {type(tokenizer).__name__}"
+            )
         self.tokenizer = tokenizer
         self.chunk_tokens, self.overlap, self.max_chunks = chunk_tokens, overlap, max_chunks
 
     def encode(self, text: str) -> TokenizedText:
         """Tokenize ``text`` once (no special tokens) with character boundaries."""
         encoded = self.tokenizer(
-            text, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False, verbose=False
+            text,
+            add_special_tokens=False,
+            return_offsets_mapping=True,
+            return_attention_mask=False,
+            verbose=False,
         )
         ids = list(encoded["input_ids"])
         if not ids:
             return TokenizedText(text, ids, [0])
         bounds = [0]
         for start, _ in encoded["offset_mapping"][1:]:
-            # Byte-level tokenizers give the pieces of one character the same offsets; keep the boundaries monotone.
+            # Byte-level tokenizers give all pieces of one character its offsets: keep boundaries monotone.
             bounds.append(max(bounds[-1], start))
         bounds.append(len(text))
         return TokenizedText(text, ids, bounds)

@@ -1,9 +1,10 @@
 """``DataConfig`` and the Lightning data module: records -> train/validation split -> long-context samples.
 
-The split is made on records, before grouping, by a seeded permutation: ``round(val_fraction * n)`` records (at
-least one when val_fraction > 0) go to validation, the rest to training, and both keep file order so questions are
-grouped in file order as the protocol says. The distractor pool of both splits is every paragraph of every loaded
-record. Batches are plain lists of ``LongContextSample`` (episodes are built from them by the rollout engine).
+The split is made on records, before grouping, by a seeded permutation: ``round(val_fraction * n)`` records
+(at least one when val_fraction > 0) go to validation, the rest to training, and both keep file order so
+questions are grouped in file order as the protocol says. The distractor pool of both splits is every
+paragraph of every loaded record. Batches are plain lists of ``LongContextSample`` (episodes are built from
+them by the rollout engine).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import lightning
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from atom.data.longcontext import LongContextSample, build_samples, paragraph_pool
 from atom.data.loaders import load_records
+from atom.data.longcontext import LongContextSample, build_samples, paragraph_pool
 from atom.data.records import DATASETS, QARecord
 from atom.data.synthetic import SyntheticConfig
 
@@ -37,7 +38,9 @@ class DataConfig:
     chunk_overlap: int = 100  # tokens shared by consecutive chunks
     max_chunks: int = 40  # centre-truncate contexts to this many chunks; 0 = never truncate
     batch_size: int = 1  # samples per batch
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # the synthetic task (dataset=synthetic)
+    synthetic: SyntheticConfig = field(
+        default_factory=SyntheticConfig
+    )  # the synthetic task (dataset=synthetic)
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -56,7 +59,8 @@ class DataConfig:
             raise ValueError(f"data.chunk_tokens must be >= 1, got {self.chunk_tokens}")
         if not 0 <= self.chunk_overlap < self.chunk_tokens:
             raise ValueError(
-                f"data.chunk_overlap must be in 0..chunk_tokens - 1 ({self.chunk_tokens - 1}), got {self.chunk_overlap}"
+                f"data.chunk_overlap must be in 0..chunk_tokens - 1 ({self.chunk_tokens - 1}), "
+                f"got {self.chunk_overlap}"
             )
         if self.max_chunks < 0:
             raise ValueError(f"data.max_chunks must be >= 0 (0 = no truncation), got {self.max_chunks}")
@@ -64,19 +68,23 @@ class DataConfig:
             raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
 
 
-def split_records(records: list[QARecord], val_fraction: float, seed: int) -> tuple[list[QARecord], list[QARecord]]:
+def split_records(
+    records: list[QARecord], val_fraction: float, seed: int
+) -> tuple[list[QARecord], list[QARecord]]:
     """(train, validation) by a seeded permutation of ``records``; each part keeps file order."""
     n = len(records)
     n_val = min(n, max(1, round(val_fraction * n))) if val_fraction > 0 and n else 0
     held_out = set(random.Random(seed).sample(range(n), n)[:n_val])  # the first n_val of a seeded permutation
-    return [r for i, r in enumerate(records) if i not in held_out], [r for i, r in enumerate(records) if i in held_out]
+    return [r for i, r in enumerate(records) if i not in held_out], [
+        r for i, r in enumerate(records) if i in held_out
+    ]
 
 
 class EpochShuffler(Sampler[int]):
     """A permutation of ``range(n)`` drawn from ``seed + epoch``.
 
-    Lightning calls ``set_epoch`` at the start of every epoch, so the order of epoch k is the same whether training
-    ran straight through or resumed from a checkpoint taken at an epoch boundary.
+    Lightning calls ``set_epoch`` at the start of every epoch, so the order of epoch k is the same whether
+    training ran straight through or resumed from a checkpoint taken at an epoch boundary.
     """
 
     def __init__(self, n: int, seed: int):
@@ -115,7 +123,9 @@ class AtomDataModule(lightning.LightningDataModule):
         if self._ready:  # Lightning calls setup once per stage; the samples must not change between them
             return
         self.records = load_records(self.cfg)
-        self.train_records, self.val_records = split_records(self.records, self.cfg.val_fraction, self.cfg.seed)
+        self.train_records, self.val_records = split_records(
+            self.records, self.cfg.val_fraction, self.cfg.seed
+        )
         pool = paragraph_pool(self.records)
         self.train_samples = build_samples(self.train_records, self.cfg, pool, split="train")
         self.val_samples = build_samples(self.val_records, self.cfg, pool, split="val")
@@ -135,4 +145,13 @@ class AtomDataModule(lightning.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
-        return DataLoader(self.val_samples, batch_size=self.cfg.batch_size, shuffle=False, collate_fn=collate_samples)
+        return DataLoader(
+            self.val_samples, batch_size=self.cfg.batch_size, shuffle=False, collate_fn=collate_samples
+        )
+
+    def transfer_batch_to_device(
+        self, batch: list[LongContextSample], device: torch.device, dataloader_idx: int
+    ):
+        # Samples hold text, not tensors. Lightning's default transfer rebuilds every dataclass field by
+        # field, which fails on frozen dataclasses; episodes put their own tensors on the model's device.
+        return batch

@@ -1,20 +1,21 @@
-"""Loaders for HotpotQA, 2WikiMultihopQA and MuSiQue in their original formats (or from a ``datasets`` hub copy).
+"""Loaders for HotpotQA, 2WikiMultihopQA and MuSiQue: original file formats or a ``datasets`` hub copy.
 
 Original formats (see ``../shared/data/README.md``):
 
-- HotpotQA (distractor) and 2WikiMultihopQA: one JSON array; each record has ``_id``, ``question``, ``answer``,
-  ``context: [[title, [sentence, ...]], ...]`` and ``supporting_facts: [[title, sentence index], ...]``.
+- HotpotQA (distractor) and 2WikiMultihopQA: one JSON array; each record has ``_id``, ``question``,
+  ``answer``, ``context: [[title, [sentence, ...]], ...]`` and
+  ``supporting_facts: [[title, sentence index], ...]``.
 - MuSiQue-Ans: JSONL; each record has ``id``, ``question``, ``answer``, ``answer_aliases`` and
   ``paragraphs: [{idx, title, paragraph_text, is_supporting}, ...]``.
 
-Hub copies use the ``datasets`` layouts: ``hotpot_qa`` stores ``context={"title": [...], "sentences": [[...]]}`` and
-``supporting_facts={"title": [...], "sent_id": [...]}``; 2Wiki copies store the same dict layout (sentences under
-``content``) or the original lists; MuSiQue copies keep the upstream keys. Every row, from a file or the hub, goes
-through the same per-record function.
+Hub copies use the ``datasets`` layouts: ``hotpot_qa`` stores ``context={"title": [...],
+"sentences": [[...]]}`` and ``supporting_facts={"title": [...], "sent_id": [...]}``; 2Wiki copies store the
+same dict layout (sentences under ``content``) or the original lists; MuSiQue copies keep the upstream keys.
+Every row, from a file or the hub, goes through the same per-record function.
 
-Anything malformed raises ``DataError`` naming the source, the record (index and id) and the problem; no record is
-ever skipped silently. The one tolerated defect is 2Wiki's supporting fact that points past its paragraph's last
-sentence: the paragraph stays supporting and only that sentence index is dropped.
+Anything malformed raises ``DataError`` naming the source, the record (index and id) and the problem; no
+record is ever skipped silently. The one tolerated defect is 2Wiki's supporting fact that points past its
+paragraph's last sentence: the paragraph stays supporting and only that sentence index is dropped.
 
 MuSiQue paragraphs are kept as one sentence each (the paragraph text): MuSiQue marks gold paragraphs, not
 sentences, and a rule-based sentence split would only add abbreviation errors.
@@ -40,7 +41,11 @@ _ID_RE = re.compile(r'"_?id"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 def _where(source: str, index: int, raw: Any) -> str:
     rid = raw.get("_id", raw.get("id")) if isinstance(raw, dict) else None
-    return f"{source}: record {index} (id {rid!r})" if rid is not None else f"{source}: record {index} (id unknown)"
+    return (
+        f"{source}: record {index} (id {rid!r})"
+        if rid is not None
+        else f"{source}: record {index} (id unknown)"
+    )
 
 
 def _get(raw: dict, keys: tuple[str, ...], kind: type | tuple[type, ...], where: str) -> Any:
@@ -71,7 +76,9 @@ def _context_pairs(context: Any, where: str) -> list[tuple[str, list[str]]]:
             raise DataError(f"{where}: context.{key} must be a list with one entry per title")
         return [(t, _str_list(s, f"sentences of paragraph {t!r}", where)) for t, s in zip(titles, columns)]
     if not isinstance(context, list):
-        raise DataError(f"{where}: 'context' must be a list of [title, sentences], got {type(context).__name__}")
+        raise DataError(
+            f"{where}: 'context' must be a list of [title, sentences], got {type(context).__name__}"
+        )
     pairs = []
     for j, item in enumerate(context):
         if not (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str)):
@@ -92,9 +99,15 @@ def _fact_pairs(facts: Any, where: str) -> list[tuple[str, int]]:
     for j, item in enumerate(facts):
         ok = isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str)
         if not ok or not isinstance(item[1], int) or isinstance(item[1], bool) or item[1] < 0:
-            raise DataError(f"{where}: supporting_facts[{j}] must be [title, sentence index >= 0], got {item!r}")
+            raise DataError(
+                f"{where}: supporting_facts[{j}] must be [title, sentence index >= 0], got {item!r}"
+            )
         pairs.append((item[0], item[1]))
     return pairs
+
+
+def _spaced(i: int, sentence: str) -> str:
+    return " " + sentence if i > 0 and sentence and not sentence[0].isspace() else sentence
 
 
 def hotpot_style_record(raw: Any, dataset: str, where: str) -> QARecord:
@@ -107,6 +120,8 @@ def hotpot_style_record(raw: Any, dataset: str, where: str) -> QARecord:
     if not answer.strip():
         raise DataError(f"{where}: 'answer' is empty")
     pairs = _context_pairs(_get(raw, ("context",), (list, dict), where), where)
+    if dataset == "2wiki":  # bare sentences: give each later one its separator (the Paragraph convention)
+        pairs = [(title, [_spaced(i, s) for i, s in enumerate(sentences)]) for title, sentences in pairs]
     paragraphs = tuple(Paragraph(title, tuple(sentences)) for title, sentences in pairs)
     first_index: dict[str, int] = {}
     for i, (title, _) in enumerate(pairs):
@@ -115,14 +130,23 @@ def hotpot_style_record(raw: Any, dataset: str, where: str) -> QARecord:
     sentences: set[tuple[int, int]] = set()
     for title, s in _fact_pairs(_get(raw, ("supporting_facts",), (list, dict), where), where):
         if title not in first_index:
-            raise DataError(f"{where}: supporting fact title {title!r} is not a context title {list(first_index)}")
+            raise DataError(
+                f"{where}: supporting fact title {title!r} is not a context title {list(first_index)}"
+            )
         p = first_index[title]
         supporting.add(p)
         if s < len(paragraphs[p].sentences):
             sentences.add((p, s))
         else:  # the documented 2Wiki quirk: keep the paragraph as supporting, drop the missing sentence
-            log.info("%s: supporting fact (%r, %d) points past the paragraph's last sentence; dropped", where, title, s)
-    return QARecord(rid, question, (answer,), paragraphs, tuple(sorted(supporting)), tuple(sorted(sentences)), dataset)
+            log.info(
+                "%s: supporting fact (%r, %d) points past the paragraph's last sentence; dropped",
+                where,
+                title,
+                s,
+            )
+    return QARecord(
+        rid, question, (answer,), paragraphs, tuple(sorted(supporting)), tuple(sorted(sentences)), dataset
+    )
 
 
 def musique_record(raw: Any, where: str) -> QARecord:
@@ -148,8 +172,13 @@ def musique_record(raw: Any, where: str) -> QARecord:
             supporting.append(j)
         paragraphs.append(Paragraph(title, (text,)))
     return QARecord(
-        rid, question, dedupe([answer, *aliases]), tuple(paragraphs), tuple(supporting),
-        tuple((j, 0) for j in supporting), "musique",
+        rid,
+        question,
+        dedupe([answer, *aliases]),
+        tuple(paragraphs),
+        tuple(supporting),
+        tuple((j, 0) for j in supporting),
+        "musique",
     )
 
 
@@ -159,14 +188,19 @@ def _json_array(path: Path) -> Iterator[tuple[int, Any]]:
     decoder = json.JSONDecoder()
     pos = _skip_ws(text, 0)
     if pos >= len(text) or text[pos] != "[":
-        raise DataError(f"{path}: expected one JSON array of records (the upstream format), found {text[pos:pos + 20]!r}")
+        raise DataError(
+            f"{path}: expected one JSON array of records (the upstream format), "
+            f"found {text[pos : pos + 20]!r}"
+        )
     pos, index = _skip_ws(text, pos + 1), 0
     if text.startswith("]", pos):
         _check_end(text, pos, path)
         return
     while True:
         if pos >= len(text):
-            raise DataError(f"{path}: record {index} (id unknown): file ends inside the record array (truncated?)")
+            raise DataError(
+                f"{path}: record {index} (id unknown): file ends inside the record array (truncated?)"
+            )
         try:
             obj, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
@@ -180,8 +214,10 @@ def _json_array(path: Path) -> Iterator[tuple[int, Any]]:
             _check_end(text, pos, path)
             return
         else:
-            raise DataError(f"{path}: record {index} (id unknown): expected ',' or ']' after record {index - 1} "
-                            f"(file truncated?)")
+            raise DataError(
+                f"{path}: record {index} (id unknown): expected ',' or ']' after record {index - 1} "
+                f"(file truncated?)"
+            )
 
 
 def _partial_id(head: str) -> str:
@@ -191,7 +227,7 @@ def _partial_id(head: str) -> str:
 
 
 def _check_end(text: str, pos: int, path: Path) -> None:
-    if text[pos + 1:].strip():
+    if text[pos + 1 :].strip():
         raise DataError(f"{path}: unexpected data after the closing ']' of the record array")
 
 
@@ -217,7 +253,9 @@ def _jsonl(path: Path) -> Iterator[tuple[int, Any]]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             rid = _partial_id(line[:4096])
-            raise DataError(f"{path}: record {index} (line {line_no}, id {rid}): not valid JSON: {exc}") from exc
+            raise DataError(
+                f"{path}: record {index} (line {line_no}, id {rid}): not valid JSON: {exc}"
+            ) from exc
         yield index, obj
         index += 1
 
@@ -252,7 +290,9 @@ def load_musique(path: str | Path, max_records: int = 0) -> list[QARecord]:
 FILE_LOADERS = {"hotpotqa": load_hotpotqa, "2wiki": load_2wiki, "musique": load_musique}
 
 
-def records_from_rows(rows: Iterable[dict], dataset: str, source: str, max_records: int = 0) -> list[QARecord]:
+def records_from_rows(
+    rows: Iterable[dict], dataset: str, source: str, max_records: int = 0
+) -> list[QARecord]:
     """Convert rows of a ``datasets`` hub copy (or any dicts in an upstream or hub layout) into records."""
     if dataset not in FILE_LOADERS:
         raise DataError(f"unknown dataset {dataset!r} for row conversion; valid: {sorted(FILE_LOADERS)}")
@@ -261,17 +301,19 @@ def records_from_rows(rows: Iterable[dict], dataset: str, source: str, max_recor
         if max_records and i >= max_records:
             break
         where = _where(source, i, raw)
-        out.append(musique_record(raw, where) if dataset == "musique" else hotpot_style_record(raw, dataset, where))
+        out.append(
+            musique_record(raw, where) if dataset == "musique" else hotpot_style_record(raw, dataset, where)
+        )
     return out
 
 
 def _looks_local(path: str) -> bool:
-    # Hub ids look like "owner/name"; anything with a file suffix or an explicit directory prefix is meant locally.
+    # Hub ids look like "owner/name"; a file suffix or an explicit directory prefix means a local file.
     return path.startswith(("/", ".", "~")) or Path(path).suffix in (".json", ".jsonl", ".gz")
 
 
 def load_records(cfg: DataConfig) -> list[QARecord]:
-    """The records ``cfg`` names: a local original-format file, a ``datasets`` hub id, or the synthetic task."""
+    """The records ``cfg`` names: a local file in its original format, a hub id, or the synthetic task."""
     if cfg.dataset not in DATASETS:
         raise DataError(f"data.dataset: unknown dataset {cfg.dataset!r}; valid names are {list(DATASETS)}")
     if cfg.dataset == "synthetic":
@@ -297,7 +339,9 @@ def load_records(cfg: DataConfig) -> list[QARecord]:
 
         rows = datasets.load_dataset(cfg.path, cfg.hub_config or None, split=cfg.hub_split)
     except Exception as exc:  # network, missing split, unknown id: all end here, with the cause attached
-        raise DataError(f"data.path={cfg.path!r} is not a local file and loading it as {source} failed: {exc}") from exc
+        raise DataError(
+            f"data.path={cfg.path!r} is not a local file and loading it as {source} failed: {exc}"
+        ) from exc
     if cfg.max_records:
         rows = rows.select(range(min(cfg.max_records, len(rows))))
     return records_from_rows(rows, cfg.dataset, source)

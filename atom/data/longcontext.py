@@ -2,7 +2,8 @@
 
 Protocol (AtomMem / MemAgent data generator, DESIGN.md section 2):
 
-1. The paragraph pool is every paragraph of the split's records, de-duplicated by (title, text), in file order.
+1. The paragraph pool is every paragraph of the split's records, de-duplicated by (title, text), in file
+   order.
 2. Records are grouped in file order: a group has 1 question with probability ``single_question_prob``, else a
    uniform number in 2..``max_questions`` (the last group takes what is left).
 3. A sample's documents are all paragraphs of its questions (de-duplicated), padded with distinct random
@@ -10,11 +11,11 @@ Protocol (AtomMem / MemAgent data generator, DESIGN.md section 2):
    ``num_docs``, the supporting ones are kept first (then the others, in question order).
 4. The documents are shuffled and rendered.
 
-Every random choice comes from one ``random.Random(cfg.seed)``, in a fixed order, so the same records, pool and
-config give byte-identical contexts.
+Every random choice comes from one ``random.Random(cfg.seed)``, in a fixed order, so the same records, pool
+and config give byte-identical contexts.
 
-Rendering (``render``): each document is the block ``"Document {i}:\\n{title}\\n{text}"`` with i counted from 1, and
-blocks are joined by one blank line (``"\\n\\n"``); there is no leading or trailing whitespace.
+Rendering (``render``): each document is the block ``"Document {i}:\\n{title}\\n{text}"`` with i counted from
+1, and blocks are joined by one blank line (``"\\n\\n"``); there is no leading or trailing whitespace.
 """
 
 from __future__ import annotations
@@ -44,8 +45,12 @@ class LongContextSample:
     answers: tuple[tuple[str, ...], ...]  # gold answer and aliases, per question
     record_ids: tuple[str, ...]  # source record of each question
     documents: tuple[Paragraph, ...]  # in rendered order
-    supporting_docs: tuple[tuple[int, ...], ...]  # per question: indices into documents of its supporting paragraphs
-    supporting_facts: tuple[tuple[tuple[int, int], ...], ...]  # per question: (document index, sentence index)
+    supporting_docs: tuple[
+        tuple[int, ...], ...
+    ]  # per question: indices into documents of its supporting paragraphs
+    supporting_facts: tuple[
+        tuple[tuple[int, int], ...], ...
+    ]  # per question: (document index, sentence index)
     context: str  # render(documents)
 
 
@@ -133,11 +138,10 @@ def build_samples(
         position = {p.key: i for i, p in enumerate(documents)}
         supporting_docs, supporting_facts = [], []
         for record in group:
-            keys = [p.key for p in record.paragraphs]
-            supporting_docs.append(tuple(sorted(position[keys[j]] for j in record.supporting if keys[j] in position)))
-            supporting_facts.append(
-                tuple(sorted((position[keys[j]], s) for j, s in record.supporting_sentences if keys[j] in position))
-            )
+            at = [position.get(p.key) for p in record.paragraphs]  # None: the paragraph did not fit
+            supporting_docs.append(tuple(sorted(at[j] for j in record.supporting if at[j] is not None)))
+            facts = [(at[j], s) for j, s in record.supporting_sentences if at[j] is not None]
+            supporting_facts.append(tuple(sorted(facts)))
         samples.append(
             LongContextSample(
                 id=f"{cfg.dataset}-{cfg.num_docs}-{split}-{index}",
@@ -153,13 +157,13 @@ def build_samples(
     if short:
         warnings.warn(
             f"the distractor pool ({len(pool)} paragraphs) is too small for data.num_docs={cfg.num_docs}: "
-            f"{short} of {len(samples)} {split} samples use all of it and have fewer documents",
+            f"{short} of {len(samples)} '{split}' samples use all of it and have fewer documents",
             stacklevel=2,
         )
     if lost_support:
         warnings.warn(
-            f"data.num_docs={cfg.num_docs} is below the number of supporting paragraphs of {lost_support} "
-            f"{split} samples: some of their gold paragraphs were dropped",
+            f"data.num_docs={cfg.num_docs} is below the number of supporting paragraphs of {lost_support} of "
+            f"{len(samples)} '{split}' samples: some of their gold paragraphs were dropped",
             stacklevel=2,
         )
     return samples

@@ -1,7 +1,7 @@
 """The record types every dataset is converted into: a paragraph of sentences and a multi-hop QA record.
 
-HotpotQA, 2WikiMultihopQA, MuSiQue and the synthetic task all become ``QARecord``s, so the long-context builder,
-the oracle teacher and the metrics never look at a dataset's own layout.
+HotpotQA, 2WikiMultihopQA, MuSiQue and the synthetic task all become ``QARecord``s, so the long-context
+builder, the oracle teacher and the metrics never look at a dataset's own layout.
 """
 
 from __future__ import annotations
@@ -12,31 +12,26 @@ DATASETS = ("hotpotqa", "2wiki", "musique", "synthetic")
 
 
 class DataError(ValueError):
-    """A data file or record that does not fit its documented format (names the file, the record and the problem)."""
+    """A data file or record that does not fit its format (the message names file, record and problem)."""
 
 
 @dataclass(frozen=True)
 class Paragraph:
-    """A titled paragraph, kept as its sentences so that gold facts can point at (paragraph, sentence)."""
+    """A titled paragraph, kept as its sentences so that gold facts can point at (paragraph, sentence).
+
+    Sentences follow HotpotQA's convention: every sentence after the first carries its own leading separator
+    (" The film ..."), so ``text`` is their plain concatenation. That is exactly how HotpotQA reads, including
+    its sentence-splitter cuts inside quotes; loaders of datasets that store bare sentences (2WikiMultihopQA)
+    and the synthetic task prefix one space to each later sentence.
+    """
 
     title: str
     sentences: tuple[str, ...]
 
     @property
     def text(self) -> str:
-        """The sentences as one string, exactly as upstream reads them.
-
-        HotpotQA keeps the separating space at the start of every sentence after the first, so those sentences are
-        concatenated as they are; 2WikiMultihopQA and the synthetic task store bare sentences, which get one
-        space between them. One rule serves both: a single space is inserted only where a sentence does not already
-        start with whitespace.
-        """
-        parts: list[str] = []
-        for i, sentence in enumerate(self.sentences):
-            if i > 0 and sentence and not sentence[0].isspace():
-                parts.append(" ")
-            parts.append(sentence)
-        return "".join(parts)
+        """The paragraph as one string: the sentences concatenated."""
+        return "".join(self.sentences)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -53,21 +48,27 @@ class QARecord:
     answers: tuple[str, ...]  # gold answer first, then aliases, de-duplicated
     paragraphs: tuple[Paragraph, ...]
     supporting: tuple[int, ...]  # indices into paragraphs of the supporting paragraphs, ascending
-    supporting_sentences: tuple[tuple[int, int], ...]  # (paragraph index, sentence index) gold facts, ascending
+    supporting_sentences: tuple[
+        tuple[int, int], ...
+    ]  # (paragraph index, sentence index) gold facts, ascending
     dataset: str  # one of DATASETS
 
     def __post_init__(self) -> None:
-        # Loaders raise DataError with file context before building a record; these checks guard hand-built ones.
+        # Loaders raise DataError with file context before building a record; these guard hand-built ones.
         if not self.answers:
             raise ValueError(f"record {self.id!r}: answers is empty")
         n = len(self.paragraphs)
         if any(not 0 <= i < n for i in self.supporting):
-            raise ValueError(f"record {self.id!r}: supporting index out of range 0..{n - 1}: {self.supporting}")
+            raise ValueError(
+                f"record {self.id!r}: supporting index out of range 0..{n - 1}: {self.supporting}"
+            )
         for p, s in self.supporting_sentences:
             if not 0 <= p < n or not 0 <= s < len(self.paragraphs[p].sentences):
                 raise ValueError(f"record {self.id!r}: supporting sentence ({p}, {s}) does not exist")
         if self.dataset not in DATASETS:
-            raise ValueError(f"record {self.id!r}: dataset must be one of {list(DATASETS)}, got {self.dataset!r}")
+            raise ValueError(
+                f"record {self.id!r}: dataset must be one of {list(DATASETS)}, got {self.dataset!r}"
+            )
 
 
 def dedupe(items: list[str] | tuple[str, ...]) -> tuple[str, ...]:

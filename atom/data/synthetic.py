@@ -1,4 +1,4 @@
-"""A seeded synthetic multi-hop QA task over a made-up world, in the same ``QARecord`` layout as the real datasets.
+"""A seeded synthetic multi-hop QA task over a made-up world, as ``QARecord``s like the real datasets.
 
 The world has people, cities, countries and companies with made-up names and one fact per relation:
 
@@ -9,12 +9,13 @@ The world has people, cities, countries and companies with made-up names and one
     city    --lies in-->            country     "Marrow Creek lies in Teshavia."
     country --capital-->            city        "The capital of Teshavia is Marrow Creek."
 
-Each entity has one paragraph (title = its name, one sentence per relation). A question follows a random walk of
-``hops`` relations that never revisits an entity, phrased with one fixed noun phrase per relation
-("What is the country of the birthplace of Alden Voss?"), so the answer is unique and a short entity name. Gold
-paragraphs are the walk's paragraphs (the fact sentence of each hop is a supporting sentence); distractors are
-paragraphs of other entities of the same types, so finding the right paragraph needs retrieval. The whole world is
-consistent (a country's capital lies in that country), so pooling paragraphs across records never contradicts.
+Each entity has one paragraph (title = its name, one sentence per relation). A question follows a random walk
+of ``hops`` relations that never revisits an entity, phrased with one fixed noun phrase per relation
+("What is the country of the birthplace of Alden Voss?"), so the answer is unique and a short entity name.
+Gold paragraphs are the walk's paragraphs (the fact sentence of each hop is a supporting sentence);
+distractors are paragraphs of other entities of the same types, so finding the right paragraph needs
+retrieval. The whole world is consistent (a country's capital lies in that country), so pooling paragraphs
+across records never contradicts.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ _RELATIONS = (
     _Relation("born_in", "person", "city", "{s} was born in {o}.", "the birthplace of {s}"),
     _Relation("works_for", "person", "company", "{s} works for {o}.", "the employer of {s}"),
     _Relation("founded_by", "company", "person", "{s} was founded by {o}.", "the founder of {s}"),
-    _Relation("headquartered_in", "company", "city", "{s} is headquartered in {o}.", "the headquarters city of {s}"),
+    _Relation(
+        "headquartered_in", "company", "city", "{s} is headquartered in {o}.", "the headquarters city of {s}"
+    ),
     _Relation("located_in", "city", "country", "{s} lies in {o}.", "the country of {s}"),
     _Relation("capital", "country", "city", "The capital of {s} is {o}.", "the capital of {s}"),
 )
@@ -91,7 +94,10 @@ class _World:
         self.facts: dict[tuple[str, int], dict[str, int]] = {}
         for i in range(n):
             self.facts[("person", i)] = {"born_in": rng.randrange(n), "works_for": rng.randrange(n)}
-            self.facts[("company", i)] = {"founded_by": rng.randrange(n), "headquartered_in": rng.randrange(n)}
+            self.facts[("company", i)] = {
+                "founded_by": rng.randrange(n),
+                "headquartered_in": rng.randrange(n),
+            }
             self.facts[("city", i)] = {"located_in": city_country[i]}
         for i in range(n_countries):
             self.facts[("country", i)] = {"capital": i}
@@ -99,7 +105,10 @@ class _World:
     def _word(self, rng: random.Random, suffix: str = "") -> str:
         # Names are unique across every entity type, so an answer never names two things.
         while True:
-            syllables = [rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(2 - bool(suffix))]
+            syllables = [
+                rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)
+                for _ in range(2 - bool(suffix))
+            ]
             word = ("".join(syllables) + suffix).capitalize()
             if word not in self._used:
                 self._used.add(word)
@@ -111,12 +120,14 @@ class _World:
     def paragraph(self, kind: str, i: int) -> Paragraph:
         name = self.names[kind][i]
         facts = self.facts[(kind, i)]
-        return Paragraph(
-            name, tuple(r.fact.format(s=name, o=self.names[r.object][facts[r.name]]) for r in self.relations(kind))
-        )
+        sentences = [
+            r.fact.format(s=name, o=self.names[r.object][facts[r.name]]) for r in self.relations(kind)
+        ]
+        # later sentences carry their separating space (the Paragraph convention)
+        return Paragraph(name, tuple(s if i == 0 else " " + s for i, s in enumerate(sentences)))
 
     def walk(self, hops: int, rng: random.Random, asked: set) -> list[tuple[str, int, _Relation]]:
-        """A new random chain of ``hops`` (subject type, subject index, relation) steps that never revisits an entity.
+        """A new random chain of ``hops`` (subject type, subject index, relation) steps, no entity twice.
 
         ``asked`` holds the chains already used; the new one is added to it, so no question repeats.
         """
@@ -137,7 +148,8 @@ class _World:
                     asked.add(key)
                     return steps
         raise ValueError(
-            f"data.synthetic: found no new {hops}-hop question after {len(asked)}; raise num_entities or lower "
+            f"data.synthetic: found no new {hops}-hop question after {len(asked)}; "
+            f"raise num_entities or lower "
             f"num_records"
         )
 
@@ -160,10 +172,14 @@ def generate(cfg: SyntheticConfig) -> list[QARecord]:
         taken = set(gold)
         distractors = []
         for d in range(cfg.distractors):
-            kind = gold[d % len(gold)][0]  # same types as the chain, so titles alone do not give the answer away
+            kind = gold[d % len(gold)][
+                0
+            ]  # same types as the chain, so titles alone do not give the answer away
             candidates = [(kind, j) for j in range(len(world.names[kind])) if (kind, j) not in taken]
             if not candidates:  # a small type (countries) ran out: fall back to any unused entity
-                candidates = [(k, j) for k in _TYPES for j in range(len(world.names[k])) if (k, j) not in taken]
+                candidates = [
+                    (k, j) for k in _TYPES for j in range(len(world.names[k])) if (k, j) not in taken
+                ]
             pick = rng.choice(candidates)
             taken.add(pick)
             distractors.append(pick)

@@ -248,7 +248,7 @@ class MemoryStore:
         queries = [_check_text(q, f"query {i}") for i, q in enumerate(queries)]
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise TypeError(f"read k must be an int, got {type(k).__name__}")
-        if k <= 0 or not self._texts:
+        if k < 0 or not self._texts:
             if vectors is not None:
                 self._check_vectors(vectors, len(queries), "query vectors")
             return [[] for _ in queries]

@@ -60,7 +60,7 @@ class GRPOConfig:
     drop_zero_std: bool = False  # drop groups whose rewards are all equal (MemAgent does)
     val_every: int = 0  # rollout steps between greedy validations on val samples; 0 = never
     val_samples: int = 8  # validation samples per validation
-    checkpoint_every: int = 10  # rollout steps between checkpoints (last.ckpt is always kept)
+    checkpoint_every: int = 10  # rollout steps between kept checkpoints (last.ckpt is rewritten every step)
 
     def __post_init__(self) -> None:
         if self.std_scale not in STD_SCALES:
@@ -117,29 +117,48 @@ def turn_sequences(trajectories: Sequence[Trajectory], advantages: torch.Tensor,
 
 
 def pad_batch(seqs: Sequence[Sequence_], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded tensors aligned for next-token prediction: position t predicts token t + 1."""
+    """Left-padded tensors whose loss positions all lie in the last ``keep`` tokens.
+
+    A turn's generated tokens are at the end of its sequence, so with left padding only the last ``keep`` =
+    (longest completion + 1) positions need logits: ``logits_to_keep`` then avoids a (B, L, vocab) tensor for
+    multi-thousand-token prompts. ``mask``/``old_logprobs`` are (B, keep - 1), index i scoring token
+    ``width - keep + 1 + i`` from the logits at the position before it. ``position_ids`` count real tokens only,
+    as ``generate`` does, so the forward matches sampling time exactly.
+    """
     width = max(len(s.input_ids) for s in seqs)
+    keep = 1 + max(len(s.mask) - int(s.mask.nonzero()[0]) if s.mask.any() else 0 for s in seqs)
     b = len(seqs)
     input_ids = torch.full((b, width), pad_id, dtype=torch.long)
     attention = torch.zeros((b, width), dtype=torch.long)
-    loss_mask = torch.zeros((b, width - 1), dtype=torch.float)
-    old = torch.zeros((b, width - 1), dtype=torch.float)
+    loss_mask = torch.zeros((b, keep - 1), dtype=torch.float)
+    old = torch.zeros((b, keep - 1), dtype=torch.float)
     for row, s in enumerate(seqs):
         n = len(s.input_ids)
-        input_ids[row, :n] = s.input_ids
-        attention[row, :n] = 1
-        loss_mask[row, : n - 1] = s.mask[1:].float()
+        input_ids[row, width - n :] = s.input_ids
+        attention[row, width - n :] = 1
+        tail = s.mask[len(s.mask) - (keep - 1) :] if keep > 1 else s.mask[:0]
+        loss_mask[row, keep - 1 - len(tail) :] = tail.float()
         c = len(s.old_logprobs)
-        old[row, n - 1 - c : n - 1] = s.old_logprobs.float()
+        if c:
+            old[row, keep - 1 - c :] = s.old_logprobs.float()
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
     adv = torch.tensor([s.advantage for s in seqs], dtype=torch.float)
-    return {"input_ids": input_ids, "attention_mask": attention, "mask": loss_mask, "old_logprobs": old, "adv": adv}
+    return {
+        "input_ids": input_ids, "attention_mask": attention, "position_ids": positions, "mask": loss_mask,
+        "old_logprobs": old, "adv": adv, "keep": torch.tensor(keep),
+    }  # fmt: skip
 
 
-def token_logprobs(model, input_ids, attention_mask, temperature: float, with_entropy: bool = False):
-    """log pi(token_{t+1} | tokens <= t) at the sampling temperature, (B, L - 1); optionally the entropy."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-    logits = logits / (temperature if temperature > 0 else 1.0)
-    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+def token_logprobs(model, batch: dict[str, torch.Tensor], temperature: float, with_entropy: bool = False):
+    """log pi(token | prefix) at the sampling temperature for the last ``keep - 1`` tokens, (B, keep - 1)."""
+    keep = int(batch["keep"])
+    out = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
+        logits_to_keep=keep,
+    )  # fmt: skip
+    logits = out.logits[:, :-1].float() / (temperature if temperature > 0 else 1.0)
+    targets = batch["input_ids"][:, batch["input_ids"].shape[1] - keep + 1 :]
+    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
     return logprobs, (entropy_from_logits(logits.detach()) if with_entropy else None)
 
 
@@ -286,9 +305,7 @@ class GRPOModule(L.LightningModule):
     def _micro_step(self, micro: list[Sequence_], num_tokens: float, num_seqs: float) -> dict[str, float]:
         cfg = self.cfg
         b = {k: v.to(self.device) for k, v in pad_batch(micro, self.tokenizer.pad_token_id).items()}
-        logprobs, entropy = token_logprobs(
-            self.model, b["input_ids"], b["attention_mask"], self.sampling.temperature, with_entropy=True
-        )
+        logprobs, entropy = token_logprobs(self.model, b, self.sampling.temperature, with_entropy=True)
         ref = None
         if cfg.kl_coef > 0:
             with torch.no_grad():
@@ -306,10 +323,10 @@ class GRPOModule(L.LightningModule):
 
     def _ref_logprobs(self, b: dict[str, torch.Tensor]):
         if self.ref_model is not None:
-            return token_logprobs(self.ref_model, b["input_ids"], b["attention_mask"], self.sampling.temperature)
+            return token_logprobs(self.ref_model, b, self.sampling.temperature)
         if hasattr(self.model, "disable_adapter"):  # LoRA: the base model is the reference
             with self.model.disable_adapter():
-                return token_logprobs(self.model, b["input_ids"], b["attention_mask"], self.sampling.temperature)
+                return token_logprobs(self.model, b, self.sampling.temperature)
         raise RuntimeError("grpo.kl_coef > 0 needs a reference: LoRA adapters or a frozen reference model")
 
     @torch.no_grad()

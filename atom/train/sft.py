@@ -10,7 +10,6 @@ learned.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +144,3 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE
     )
 
-
-def steps_per_epoch(num_examples: int, cfg: SFTConfig) -> int:
-    return math.ceil(math.ceil(num_examples / cfg.batch_size) / cfg.accumulate)

@@ -67,14 +67,12 @@ def resume_path(cfg: TrainerConfig, run_dir: str | Path, stage: str) -> str | No
     return str(path) if cfg.resume and path.is_file() else None
 
 
-def build_trainer(
-    cfg: TrainerConfig, run_dir: str | Path, stage: str, every_n_steps: int, **kwargs
-) -> L.Trainer:
-    """A Trainer that logs to TensorBoard under the run and keeps ``last.ckpt`` plus one every ``every_n_steps``."""
+def build_trainer(cfg: TrainerConfig, run_dir: str | Path, stage: str, every_n_epochs: int, **kwargs) -> L.Trainer:
+    """A Trainer that logs to TensorBoard under the run and keeps ``last.ckpt`` plus one every ``every_n_epochs``."""
     ckpt = ModelCheckpoint(
         dirpath=Path(run_dir) / "checkpoints" / stage,
-        filename=stage + "-{step}",
-        every_n_train_steps=max(every_n_steps, 1),
+        filename=stage + "-{epoch}-{step}",
+        every_n_epochs=max(every_n_epochs, 1),
         save_last=True,
         save_top_k=-1,
     )
