@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
 import torch
 from torch.utils.data import DataLoader
 
@@ -142,9 +143,13 @@ def fit(cfg: Config) -> dict:
             run_sft(p)
         elif stage == "grpo":
             run_grpo(p)
+        elif rank_zero_only.rank != 0:
+            continue  # evaluation runs once, on global rank zero, after multi-process training
         elif stage == "eval":
             suffix = " (after)" if trained else ""
             table.update({f"{m}{suffix}": r for m, r in run_eval(p, "after" if trained else "final").items()})
+    if rank_zero_only.rank != 0:
+        return table
     if trained:
         log.info("policy saved to %s", save_policy(p))
     if table:

@@ -99,3 +99,30 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, parity_re
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=f"{name} differs after resume")
     moved = any(not torch.equal(a, b) for a, b in zip(first.model.parameters(), resumed.model.parameters()))
     assert moved  # the resumed run really trained a second step
+
+
+def test_two_process_cpu_ddp_runs_a_grpo_step(tmp_path):
+    """Lightning DDP on CPU (gloo), launched as a user would: python -m atom.fit ... trainer.strategy=ddp."""
+    import subprocess
+    import sys
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = tmp_path / "ddp.yaml"
+    config.write_text("run: {name: ddp}\n")
+    overrides = [o for o in TINY if not o.startswith("grpo.kl_coef")] + [
+        f"run.out_dir={tmp_path}", "grpo.max_steps=1", "grpo.group_size=2", "grpo.weight_decay=0.01",
+        "trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "atom.fit", str(config), *overrides], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MEMBER: 2/2" in proc.stderr + proc.stdout
+    run = tmp_path / "ddp"
+    assert (run / "checkpoints" / "grpo" / "last.ckpt").is_file()
+    assert (run / "policy" / "model.safetensors").is_file()
+    events = EventAccumulator(str(run / "tb" / "grpo")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"grpo/reward", "grpo/kl", "grpo/optimizer_steps", "memory/create_per_episode"} <= tags
+    assert events.Scalars("grpo/optimizer_steps")[-1].value == 1.0

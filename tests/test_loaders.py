@@ -254,6 +254,8 @@ def test_wrong_types_and_container(tmp_path):
     obj.write_text(json.dumps({"data": records}))
     with pytest.raises(DataError, match=r"object.json: expected one JSON array"):
         load_hotpotqa(obj)
+    with pytest.raises(DataError, match=r"types.json: record 0 .*JSON object, got list .*JSONL"):
+        load_musique(bad)  # a JSON array is not the MuSiQue format
 
 
 def test_non_json_line_in_jsonl_names_line_and_record(tmp_path):

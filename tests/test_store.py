@@ -79,6 +79,19 @@ def test_duplicate_vectors_tie_exactly_despite_blas_summation_order(cfg):
         assert [e.id for e in got] == [0, 1, 2] and len({e.score for e in got}) == 1
 
 
+def test_near_equal_scores_are_ordered_by_exact_arithmetic():
+    # Scores closer than float32 rounding error: the exact scan's float32 pre-filter must not drop the true best.
+    rng = np.random.default_rng(5)
+    for _ in range(200):  # about 1 in 12 of these flips order in float32
+        q, a = unit_rows(rng, 2, 384)
+        near = a + 1e-8 * rng.standard_normal((5, 384)).astype(np.float32)
+        vecs = np.concatenate([near / np.linalg.norm(near, axis=1, keepdims=True), unit_rows(rng, 3, 384)])
+        exact = [round(math.fsum((v.astype(np.float64) * q.astype(np.float64)).tolist()), 9) for v in vecs]
+        store = MemoryStore(NoEmbedder(384), EXACT)
+        store.create_many([f"t{i}" for i in range(8)], vecs)
+        assert store.read("q", 1, vector=q)[0].id == min(range(8), key=lambda i: (-exact[i], i))
+
+
 @pytest.mark.parametrize("cfg", [EXACT, HNSW], ids=["exact", "hnsw"])
 def test_k_edge_cases(cfg):
     store = hash_store(cfg)
@@ -396,7 +409,7 @@ def make_machine(cfg: MemoryConfig) -> type[RuleBasedStateMachine]:
             assert all(self.store.get(i) == t for i, t in self.ref.texts.items())
 
     StoreMachine.TestCase.settings = settings(
-        max_examples=300, stateful_step_count=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+        max_examples=200, stateful_step_count=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
     )
     return StoreMachine
 

@@ -1,21 +1,21 @@
 """The static baselines of DESIGN.md section 5, as episodes the same ``RolloutEngine`` runs for any policy.
 
 Each class follows the ``Episode`` protocol (``messages``, ``observe``, ``commit``, ``done``, ``phase``,
-``stats``, ``result``, ``sample``), so baselines are batched, counted and scored exactly like the AtomMem agent:
+``stats``, ``result``, ``sample``), so baselines are batched, counted and scored like the AtomMem agent:
 
-- ``FullContextEpisode``: one answer turn per question over the whole context, centre-cut to a budget (the model
-  window) in tokens or characters.
+- ``FullContextEpisode``: one answer turn per question over the whole context, centre-cut to a budget (the
+  model window) in tokens or characters.
 - ``RAGEpisode``: every document of the sample is stored at construction (one entry per document,
   "Title\\ntext"); each question gets one turn showing the top-k documents retrieved with the question.
-- ``MemAgentEpisode``: one turn per chunk whose reply overwrites a bounded memory (MemAgent's rewrite-the-whole-
-  memory loop), then one answer turn per question from that memory.
+- ``MemAgentEpisode``: one turn per chunk whose reply overwrites a bounded memory (MemAgent's rewrite-the-
+  whole-memory loop), then one answer turn per question from that memory.
 
-Baselines are not judged on the action grammar: an answer is the first ``<answer>`` body when there is one, else
-the reply's first non-empty line. Nothing they do is counted as invalid. Fact coverage is reported where it has a
-meaning: ``facts_stored`` = share of gold supporting sentences held by the baseline's memory after reading (RAG:
-the document store, MemAgent: the memory text; None for full context, which keeps nothing), ``facts_retrieved`` =
-share shown in the prompt when each question was answered (RAG: its top-k documents, MemAgent: the memory, full
-context: the truncated context).
+Baselines are not judged on the action grammar: an answer is the first ``<answer>`` body when there is one,
+else the reply's first non-empty line; nothing is counted as invalid. Fact coverage is reported where it means
+something: ``facts_stored`` = share of gold supporting sentences held by the baseline's memory after reading
+(RAG: the document store; MemAgent: the memory text; None for full context, which keeps nothing);
+``facts_retrieved`` = share shown in the prompt when each question was answered (RAG: its top-k documents;
+MemAgent: the memory; full context: the centre-cut context).
 """
 
 from __future__ import annotations
@@ -29,19 +29,19 @@ from atom.agent import prompts
 from atom.agent.actions import parse_actions
 from atom.agent.episode import ANSWER, DONE, READ, AgentConfig, EmbedRequest, EpisodeResult, EpisodeStats
 from atom.agent.rollout import EpisodeFactory
+from atom.data.chunker import TokenChunker
 from atom.data.longcontext import LongContextSample
 from atom.eval.metrics import normalize_answer, score_questions
 from atom.memory.store import MemoryStore
 
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
 _ANSWER_TAG = re.compile(r"</?answer>", re.IGNORECASE)
-CUT_MARKER = (
-    "\n[...]\n"  # joins the head and tail of a centre-cut context, so the model sees where text is missing
-)
+# Joins the head and tail of a centre-cut context, so that the model sees where text is missing.
+CUT_MARKER = "\n[...]\n"
 
 
 def parse_answer(reply: str, max_chars: int = 2000) -> str | None:
-    """The first ``<answer>`` body of ``reply``; else its first non-empty line (tags removed); None if empty."""
+    """The first ``<answer>`` body of ``reply``, else its first non-empty line (tags removed), else None."""
     answers = [a.text for a in parse_actions(reply, max_text_chars=max_chars).actions if a.kind == "answer"]
     if answers:
         return answers[0]
@@ -61,17 +61,20 @@ def centre_cut_chars(text: str, max_chars: int) -> str:
     return text[:head] + CUT_MARKER + text[len(text) - (keep - head) :]
 
 
-def centre_cut_tokens(text: str, tokenizer, max_tokens: int) -> tuple[str, int]:
-    """Keep the first and last tokens of ``text`` within ``max_tokens``; returns (text, token count kept)."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) <= max_tokens:
-        return text, len(ids)
-    # Reserve room for the marker so the cut prompt stays inside the budget.
-    marker = len(tokenizer(CUT_MARKER, add_special_tokens=False)["input_ids"])
-    keep = max(max_tokens - marker, 0)
-    head = (keep + 1) // 2
-    out = tokenizer.decode(ids[:head]) + CUT_MARKER + tokenizer.decode(ids[len(ids) - (keep - head) :])
-    return out, keep + marker
+def centre_cut_tokens(text: str, tokenizer, max_tokens: int) -> tuple[str, bool]:
+    """Keep the first and last tokens of ``text`` within ``max_tokens``; returns (text, whether it was cut).
+
+    The pieces are cut from the original string at token boundaries (the chunker's offsets), never decoded.
+    """
+    encoder = TokenChunker(tokenizer, max(max_tokens, 1), 0)
+    tokenized = encoder.encode(text)
+    n = len(tokenized)
+    if n <= max_tokens:
+        return text, False
+    # Reserve room for the marker so that the cut context stays inside the budget.
+    keep = max(max_tokens - encoder.count_tokens(CUT_MARKER), 0)
+    head, tail_start = (keep + 1) // 2, tokenized.bounds[n - keep // 2]
+    return text[: tokenized.bounds[head]].rstrip() + CUT_MARKER + text[tail_start:], True
 
 
 def support_sentences(sample: LongContextSample) -> list[list[str]]:
@@ -121,6 +124,7 @@ class _StaticEpisode:
         raise NotImplementedError(f"{type(self).__name__} has no read phase")
 
     def messages(self) -> prompts.Messages:
+        """The prompt of the next LLM call (one user message)."""
         if self.done:
             raise RuntimeError("episode is over")
         if self.phase == READ:
@@ -132,13 +136,15 @@ class _StaticEpisode:
         return [{"role": "user", "content": content}]
 
     def observe(self, reply: str) -> list[EmbedRequest]:
+        """Take the reply; nothing to embed (RAG embeds its documents and questions at construction)."""
         if self.done:
             raise RuntimeError("episode is over")
         self.stats.llm_calls += 1
         self._reply = reply if isinstance(reply, str) else ""
-        return []  # baselines embed nothing during the rollout (RAG embeds its documents up front)
+        return []
 
     def commit(self, vectors: list[np.ndarray] | None = None) -> None:
+        """Apply the observed reply (overwrite the memory, or record the answer), then advance."""
         reply, self._reply = self._reply, None
         if reply is None:
             raise RuntimeError("commit() without observe()")
@@ -213,11 +219,9 @@ class RAGEpisode(_StaticEpisode):
         texts = [document_text(p) for p in sample.documents]
         if texts:
             store.create_many(texts, doc_vectors)
-        self.query_vectors = (
-            query_vectors
-            if query_vectors is not None
-            else store.embedder.encode_queries(list(sample.questions))
-        )
+        if query_vectors is None:
+            query_vectors = store.embedder.encode_queries(list(sample.questions))
+        self.query_vectors = query_vectors
         self.stats.store_sizes.append(len(store))
 
     def _answer_context(self) -> tuple[str, list[str]]:
@@ -235,7 +239,7 @@ class RAGEpisode(_StaticEpisode):
 
 
 class MemAgentEpisode(_StaticEpisode):
-    """MemAgent-style overwrite memory: each chunk's reply replaces the memory, then questions are answered."""
+    """MemAgent-style overwrite memory: each chunk's reply replaces the memory; then the questions."""
 
     def __init__(self, sample: LongContextSample, chunks: list[str], cfg: AgentConfig, max_memory_chars: int):
         if not chunks:
@@ -276,14 +280,15 @@ def document_text(paragraph) -> str:
     return f"{paragraph.title}\n{paragraph.text}"
 
 
-# -- factories: EpisodeFactory callables (sample, chunks, store) -> episode ----------------------------------------
+# -- factories: EpisodeFactory callables (sample, chunks, store) -> episode ----------------------------------
 
 
 class _Cache:
     """A small per-factory cache keyed by sample id: a GRPO group repeats one sample G times."""
 
     def __init__(self, limit: int = 64):
-        self.limit, self.items = limit, {}
+        self.limit = limit
+        self.items: dict[str, object] = {}
 
     def get(self, key: str, make):
         if key not in self.items:
@@ -296,11 +301,12 @@ class _Cache:
 def full_context_episode(
     cfg: AgentConfig, max_context_tokens: int = 0, tokenizer=None, max_context_chars: int = 0
 ) -> EpisodeFactory:
-    """Full-context baseline; the budget is ``max_context_tokens`` (with ``tokenizer``) or ``max_context_chars``."""
+    """Full-context baseline; budget ``max_context_tokens`` (with ``tokenizer``) or ``max_context_chars``."""
     if (max_context_tokens > 0) == (max_context_chars > 0):
         raise ValueError(
             "full_context_episode needs exactly one budget > 0: max_context_tokens (with a tokenizer) or "
-            f"max_context_chars; got max_context_tokens={max_context_tokens}, max_context_chars={max_context_chars}"
+            f"max_context_chars; got max_context_tokens={max_context_tokens}, "
+            f"max_context_chars={max_context_chars}"
         )
     if max_context_tokens > 0 and tokenizer is None:
         raise ValueError("full_context_episode: max_context_tokens needs the policy's tokenizer")
@@ -309,9 +315,8 @@ def full_context_episode(
     def cut(sample: LongContextSample) -> tuple[str, bool]:
         if max_context_chars > 0:
             text = centre_cut_chars(sample.context, max_context_chars)
-        else:
-            text, _ = centre_cut_tokens(sample.context, tokenizer, max_context_tokens)
-        return text, text != sample.context
+            return text, text != sample.context
+        return centre_cut_tokens(sample.context, tokenizer, max_context_tokens)
 
     def make(sample: LongContextSample, chunks: list[str], store: MemoryStore) -> FullContextEpisode:
         context, truncated = cache.get(sample.id, lambda: cut(sample))

@@ -203,9 +203,8 @@ class OraclePolicy:
     def _render(kind: str, text: str = "", id: int | None = None) -> str:
         try:
             return render_action(Action(kind, text, id))
-        except (
-            ValueError
-        ):  # a gold text containing a tag: drop the angle brackets (normalization ignores them)
+        except ValueError:
+            # A gold text with a tag in it: drop the angle brackets (normalization ignores them anyway).
             return render_action(Action(kind, text.replace("<", "").replace(">", "").strip(), id))
 
     @staticmethod
@@ -224,18 +223,62 @@ class OraclePolicy:
     def _read_turn(self, ep: Episode) -> str:
         cfg, storage = ep.cfg, ep.cfg.use_storage
         facts, per_question = self._sample_facts(ep.sample)
-        chunk = _squash(ep.chunks[ep.chunk_index])
         last = ep.chunk_index == len(ep.chunks) - 1
-        memory = [normalize_answer(e.text) for e in ep.store.entries()] if storage else []
-        if not storage:
-            memory = [normalize_answer(ep.scratchpad)]
+        texts = [e.text for e in ep.store.entries()] if storage else [ep.scratchpad]
+        memory = [normalize_answer(t) for t in texts]
         held = {i for i, f in enumerate(facts) if any(f.norm in t for t in memory)}
         # Only entries shown whole can be merged: the model could not rewrite text it never saw.
         shown = [e for e in self._shown(ep) if len(e.text) <= cfg.memory_max_chars] if storage else []
+        visible, completes, partial = self._scan(ep, facts, held, shown)
 
-        visible: list[
-            int
-        ] = []  # facts whole in this chunk, or completed from a shown beginning + the chunk start
+        turn = _ReadTurn()
+        if visible:
+            turn.reasons.append(self._evidence(facts, visible))
+        held |= set(visible)
+        query = ""
+        if storage:
+            self._store(ep, facts, visible, completes, partial, shown, turn)
+            self._dedupe(ep, shown, turn)
+            # Documents whose other supporting sentences come later, and sentences cut off: look their entry
+            # up now, so that it is shown (and can be updated) at the next turn.
+            later = {g.doc for j, g in enumerate(facts) if j not in held}
+            continuing = [facts[i].title for i in visible if facts[i].doc in later]
+            cut = list(dict.fromkeys(facts[i].title for i in partial))
+            follow = list(dict.fromkeys(continuing + cut))
+            query = self._question_query(ep, facts, per_question, 0) if last else "; ".join(follow)
+            reading = bool(query) and query != ep.query
+            if cut:
+                look = " and look it up" if reading else ""
+                turn.reasons.append(
+                    f"The paragraph on {_join(cut)} is cut off at the end of the chunk; "
+                    f"I store its beginning{look} to complete it."
+                )
+            rest = [t for t in follow if t not in cut]
+            if rest and reading and not last:
+                turn.reasons.append(f"The paragraph on {_join(rest)} continues; I look it up to extend it.")
+            if last and reading:
+                turn.reasons.append("This is the last chunk, so I search memory for question 1.")
+        if cfg.use_scratchpad:
+            pad = self._pad(ep, facts, per_question, held, visible)
+            if pad != ep.scratchpad:
+                turn.actions.append(self._render("scratchpad", pad))
+                if not storage and visible:
+                    turn.reasons.append("I note the facts in the scratchpad.")
+        if query and query != ep.query:
+            turn.actions.append(self._render("read", query))
+        return turn.text(_NOTHING[ep.chunk_index % len(_NOTHING)])
+
+    def _scan(
+        self, ep: Episode, facts: list[_Fact], held: set[int], shown: list[Entry]
+    ) -> tuple[list[int], dict[int, Entry], dict[int, str]]:
+        """Facts of this chunk not yet held: (visible, completed entry per fact, beginning per cut-off fact).
+
+        Visible: whole in the chunk, or completed from a beginning shown in memory plus the chunk's start.
+        Cut off: the chunk ends with its beginning and the next chunk does not repeat it whole.
+        """
+        storage = ep.cfg.use_storage
+        chunk = _squash(ep.chunks[ep.chunk_index])
+        visible: list[int] = []
         completes: dict[int, Entry] = {}
         for i, f in enumerate(facts):
             if i in held:
@@ -253,55 +296,16 @@ class OraclePolicy:
                     visible.append(i)
                     completes[i] = e
                     break
-        partial: dict[int, str] = {}  # fact -> the beginning the chunk ends with
-        if storage and not last:
+        partial: dict[int, str] = {}
+        if storage and ep.chunk_index + 1 < len(ep.chunks):
             following = _squash(ep.chunks[ep.chunk_index + 1])
             for i, f in enumerate(facts):
-                # A sentence the overlap repeats whole in the next chunk is simply stored there.
                 if i in held or i in visible or f.squashed in following:
                     continue
                 p = _tail_prefix(chunk, f.squashed, self.min_chars)
                 if p is not None and not any(_squash(e.text).endswith(p) for e in shown):
                     partial[i] = p
-
-        turn = _ReadTurn()
-        if visible:
-            turn.reasons.append(self._evidence(facts, visible))
-        held |= set(visible)
-        query = ""
-        if storage:
-            self._store(ep, facts, visible, completes, partial, shown, turn)
-            continuing = [
-                facts[i].title
-                for i in visible
-                if any(g.doc == facts[i].doc and j not in held for j, g in enumerate(facts))
-            ]
-            cut = [facts[i].title for i in partial]
-            follow = list(dict.fromkeys(continuing + cut))
-            if cut:
-                turn.reasons.append(
-                    f"The paragraph on {_join(list(dict.fromkeys(cut)))} is cut off at the end of the chunk; "
-                    "I store its beginning and look it up to complete it."
-                )
-            if set(follow) - set(cut) and not last:
-                rest = [t for t in follow if t not in cut]
-                turn.reasons.append(f"The paragraph on {_join(rest)} continues; I look it up to extend it.")
-            self._dedupe(ep, shown, turn)
-            if last:
-                query = self._question_query(ep, facts, per_question, 0)
-                if query != ep.query:
-                    turn.reasons.append("This is the last chunk, so I search memory for question 1.")
-            elif follow:
-                query = "; ".join(follow)
-        if cfg.use_scratchpad:
-            pad = self._pad(ep, facts, per_question, held, visible)
-            if pad != ep.scratchpad:
-                turn.actions.append(self._render("scratchpad", pad))
-                if not storage and visible:
-                    turn.reasons.append("I note the facts in the scratchpad.")
-        if query and query != ep.query:
-            turn.actions.append(self._render("read", query))
-        return turn.text(_NOTHING[ep.chunk_index % len(_NOTHING)])
+        return visible, completes, partial
 
     @staticmethod
     def _evidence(facts: list[_Fact], visible: list[int]) -> str:

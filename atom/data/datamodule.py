@@ -75,9 +75,8 @@ def split_records(
     n = len(records)
     n_val = min(n, max(1, round(val_fraction * n))) if val_fraction > 0 and n else 0
     held_out = set(random.Random(seed).sample(range(n), n)[:n_val])  # the first n_val of a seeded permutation
-    return [r for i, r in enumerate(records) if i not in held_out], [
-        r for i, r in enumerate(records) if i in held_out
-    ]
+    train = [r for i, r in enumerate(records) if i not in held_out]
+    return train, [r for i, r in enumerate(records) if i in held_out]
 
 
 class EpochShuffler(Sampler[int]):

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from atom.data.records import DATASETS, DataError, Paragraph, QARecord, dedupe
+from atom.data.synthetic import generate
 
 if TYPE_CHECKING:
     from atom.data.datamodule import DataConfig
@@ -41,11 +42,7 @@ _ID_RE = re.compile(r'"_?id"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 def _where(source: str, index: int, raw: Any) -> str:
     rid = raw.get("_id", raw.get("id")) if isinstance(raw, dict) else None
-    return (
-        f"{source}: record {index} (id {rid!r})"
-        if rid is not None
-        else f"{source}: record {index} (id unknown)"
-    )
+    return f"{source}: record {index} (id {'unknown' if rid is None else repr(rid)})"
 
 
 def _get(raw: dict, keys: tuple[str, ...], kind: type | tuple[type, ...], where: str) -> Any:
@@ -145,14 +142,21 @@ def hotpot_style_record(raw: Any, dataset: str, where: str) -> QARecord:
                 s,
             )
     return QARecord(
-        rid, question, (answer,), paragraphs, tuple(sorted(supporting)), tuple(sorted(sentences)), dataset
+        id=rid,
+        question=question,
+        answers=(answer,),
+        paragraphs=paragraphs,
+        supporting=tuple(sorted(supporting)),
+        supporting_sentences=tuple(sorted(sentences)),
+        dataset=dataset,
     )
 
 
 def musique_record(raw: Any, where: str) -> QARecord:
     """Convert one MuSiQue record (upstream keys, from a file or a hub copy)."""
     if not isinstance(raw, dict):
-        raise DataError(f"{where}: a record must be a JSON object, got {type(raw).__name__}")
+        hint = " (MuSiQue files are JSONL: one record object per line)" if isinstance(raw, list) else ""
+        raise DataError(f"{where}: a record must be a JSON object, got {type(raw).__name__}{hint}")
     rid = _get(raw, ("id",), str, where)
     question = _get(raw, ("question",), str, where)
     answer = _get(raw, ("answer",), str, where)
@@ -172,13 +176,13 @@ def musique_record(raw: Any, where: str) -> QARecord:
             supporting.append(j)
         paragraphs.append(Paragraph(title, (text,)))
     return QARecord(
-        rid,
-        question,
-        dedupe([answer, *aliases]),
-        tuple(paragraphs),
-        tuple(supporting),
-        tuple((j, 0) for j in supporting),
-        "musique",
+        id=rid,
+        question=question,
+        answers=dedupe([answer, *aliases]),
+        paragraphs=tuple(paragraphs),
+        supporting=tuple(supporting),
+        supporting_sentences=tuple((j, 0) for j in supporting),  # MuSiQue marks paragraphs, not sentences
+        dataset="musique",
     )
 
 
@@ -253,8 +257,11 @@ def _jsonl(path: Path) -> Iterator[tuple[int, Any]]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             rid = _partial_id(line[:4096])
+            hint = (
+                " (expected JSONL: one record per line, not a JSON array)" if line.lstrip()[:1] == "[" else ""
+            )
             raise DataError(
-                f"{path}: record {index} (line {line_no}, id {rid}): not valid JSON: {exc}"
+                f"{path}: record {index} (line {line_no}, id {rid}): not valid JSON{hint}: {exc}"
             ) from exc
         yield index, obj
         index += 1
@@ -317,8 +324,6 @@ def load_records(cfg: DataConfig) -> list[QARecord]:
     if cfg.dataset not in DATASETS:
         raise DataError(f"data.dataset: unknown dataset {cfg.dataset!r}; valid names are {list(DATASETS)}")
     if cfg.dataset == "synthetic":
-        from atom.data.synthetic import generate
-
         records = generate(cfg.synthetic)
         return records[: cfg.max_records] if cfg.max_records else records
     if not cfg.path:

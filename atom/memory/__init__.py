@@ -3,4 +3,6 @@
 from atom.memory.embedder import Embedder, HashEmbedder, SentenceEmbedder, build_embedder
 from atom.memory.store import Entry, MemoryConfig, MemoryStore
 
-__all__ = ["Embedder", "Entry", "HashEmbedder", "MemoryConfig", "MemoryStore", "SentenceEmbedder", "build_embedder"]
+__all__ = [
+    "Embedder", "Entry", "HashEmbedder", "MemoryConfig", "MemoryStore", "SentenceEmbedder", "build_embedder",
+]

@@ -1,7 +1,7 @@
 """Text embedders for the memory store: a deterministic hashing embedder and a sentence-transformers wrapper.
 
-Every embedder returns float32 arrays of shape (n, dim) with L2-normalised rows, so an inner product is a cosine
-similarity. Documents and queries have separate entry points because retrieval models such as
+Every embedder returns float32 arrays of shape (n, dim) with L2-normalised rows, so an inner product is a
+cosine similarity. Documents and queries have separate entry points because retrieval models such as
 Qwen3-Embedding prepend an instruction to queries only.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 if TYPE_CHECKING:
     from atom.memory.store import MemoryConfig
 
-EMBEDDED_MINILM = "minilm"  # MemoryConfig.embedder value for the all-MiniLM-L6-v2 copy shipped in a PyPI wheel
+EMBEDDED_MINILM = "minilm"  # MemoryConfig.embedder value for the all-MiniLM-L6-v2 copy in a PyPI wheel
 HASH = "hash"  # MemoryConfig.embedder value for HashEmbedder
 _TOKEN = re.compile(r"\w+")
 
@@ -49,9 +49,9 @@ def _bucket(feature: str, dim: int) -> tuple[int, float]:
 class HashEmbedder:
     """Signed feature hashing of lower-cased word tokens (and optionally character trigrams), L2-normalised.
 
-    Deterministic across processes and machines, needs no model, and texts sharing keywords get a higher cosine
-    than texts sharing none (up to hash collisions, which a larger ``dim`` makes rarer). Queries and documents
-    are embedded identically.
+    Deterministic across processes and machines, needs no model, and texts sharing keywords get a higher
+    cosine than texts sharing none (up to hash collisions, which a larger ``dim`` makes rarer). Queries and
+    documents are embedded identically.
 
     Args:
         dim: number of hash buckets (the embedding dimension).
@@ -113,8 +113,8 @@ class SentenceEmbedder:
         name_or_path: hub id (e.g. ``Qwen/Qwen3-Embedding-0.6B``) or local model directory.
         device: torch device, or "auto" (cuda if available, else cpu).
         batch_size: texts per forward pass.
-        query_prefix: "auto" uses the model's own ``prompts["query"]`` when it ships one (Qwen3-Embedding does),
-            otherwise none; any other string is prepended literally to queries. Documents never get a prefix.
+        query_prefix: "auto" uses the model's own ``prompts["query"]`` when it ships one (Qwen3-Embedding
+            does), otherwise none; any other string is prepended literally to queries. Documents never get one.
         local_files_only: never contact the hub (set for embedded model directories).
     """
 
@@ -135,8 +135,9 @@ class SentenceEmbedder:
         self.model = SentenceTransformer(
             name_or_path, device=resolve_device(device), local_files_only=local_files_only
         )
-        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        self.dim = int(get_dim())
+        # Newer sentence-transformers name it get_embedding_dimension; older ones only have the long name.
+        get_dim = getattr(self.model, "get_embedding_dimension", None)
+        self.dim = int((get_dim or self.model.get_sentence_embedding_dimension)())
         if query_prefix == "auto":
             query_prefix = (self.model.prompts or {}).get("query") or ""
         self.query_prefix = query_prefix
@@ -179,11 +180,12 @@ def embedded_minilm_path() -> Path:
 
 def _looks_like_path(name: str) -> bool:
     # Hub ids are "org/name"; anything starting like a filesystem path, or that exists on disk, is a path.
-    return name.startswith(("/", "./", "../", "~")) or name.startswith(os.sep) or Path(name).expanduser().exists()
+    starts_like_path = name.startswith(("/", "./", "../", "~", os.sep))
+    return starts_like_path or Path(name).expanduser().exists()
 
 
 def build_embedder(cfg: MemoryConfig) -> Embedder:
-    """The embedder ``cfg.embedder`` names: "minilm" (embedded), "hash", or a hub id / local model directory."""
+    """The embedder ``cfg.embedder`` names: "minilm" (embedded), "hash", or a hub id / local directory."""
     if cfg.embedder == HASH:
         return HashEmbedder(cfg.hash_dim)
     if cfg.embedder == EMBEDDED_MINILM:

@@ -1,19 +1,22 @@
 """The episode memory: texts under stable integer ids, searched by cosine similarity (exact or hnswlib).
 
-One ``MemoryStore`` per episode. Ids start at 0 and are never reused, not even after a delete, so an id the policy
-saw earlier always means the same entry or none. Semantics are exact under any sequence of operations: a
-deleted entry is never returned, an updated entry is found by its new text only, results are best first with
-ties going to the smaller id.
+One ``MemoryStore`` per episode. Ids start at 0 and are never reused, not even after a delete, so an id the
+policy saw earlier always means the same entry or none. Semantics are exact under any sequence of operations:
+a deleted entry is never returned, an updated entry is found by its new text only, results are best first
+with ties going to the smaller id.
 
 Search: the store keeps its own vectors (float32, unit rows) and live set; hnswlib is only a candidate
-generator. At or below ``exact_below`` live entries a read is an exact scan. Above it, hnsw proposes a candidate
-pool that is rescored exactly from the stored vectors; the store falls back to an exact scan when hnsw raises
-(hnswlib 0.8 raises whenever it finds fewer than k), returns too few ids, or when the pool may have cut a group
-of tied scores in two (so ties still go to the smaller id). The hnsw index is built lazily, on the first read
-that needs it, so small stores never pay for it.
+generator. At or below ``exact_below`` live entries a read is an exact scan. Above it, hnsw proposes a
+candidate pool that is rescored exactly from the stored vectors; the store falls back to an exact scan when
+hnsw raises (hnswlib 0.8 raises whenever it finds fewer than k), returns too few ids, or when the pool may
+have cut a group of tied scores in two (so ties still go to the smaller id). The hnsw index is built lazily,
+on the first read that needs it, so small stores never pay for it. Its labels are not the ids: an update
+marks the old label deleted and adds the new vector under a fresh label, because hnswlib's in-place update
+(re-adding a label) repairs the neighbourhood and costs about 8x an insert.
 
-Scores are float64 inner products of the stored float32 vectors rounded to ``SCORE_DECIMALS`` decimals: equal
-similarities computed in a different summation order then compare equal, and the id decides.
+Scores are float64 inner products of the stored float32 vectors rounded to ``SCORE_DECIMALS`` decimals: BLAS
+sums identical rows in different orders depending on their position, and equal similarities must compare
+equal so that the id decides.
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ _FORMAT = 1  # version of the save() directory layout
 
 @dataclass
 class MemoryConfig:
-    embedder: str = "minilm"  # "minilm" (embedded all-MiniLM-L6-v2), "hash", or a sentence-transformers hub id/path
-    query_prefix: str = "auto"  # "auto": the model's own prompts["query"] if it has one; else this literal string
+    """Embedder choice and search settings of the memory store."""
+
+    embedder: str = "minilm"  # "minilm" (embedded all-MiniLM-L6-v2), "hash", or a sentence-transformers id/path
+    query_prefix: str = "auto"  # "auto": the model's own prompts["query"] if it has one; else used literally
     embed_batch_size: int = 64  # texts per embedder forward pass
     device: str = "auto"  # embedder device: auto (cuda if available), cpu, cuda, cuda:1, ...
     hash_dim: int = 256  # dimension of HashEmbedder (embedder="hash")
@@ -52,16 +57,16 @@ class MemoryConfig:
             raise ValueError("memory.embedder must be 'minilm', 'hash', or a hub id / local path, got ''")
         if not self.device.strip():
             raise ValueError("memory.device must be 'auto', 'cpu', 'cuda', ..., got ''")
-        for name, low in (
-            ("embed_batch_size", 1), ("hash_dim", 2), ("hnsw_m", 2), ("ef_construction", 1),
-            ("ef_search", 1), ("exact_below", 0), ("initial_capacity", 1),
-        ):
+        lows = {"embed_batch_size": 1, "hash_dim": 2, "hnsw_m": 2, "ef_construction": 1, "ef_search": 1}
+        for name, low in {**lows, "exact_below": 0, "initial_capacity": 1}.items():
             if getattr(self, name) < low:
                 raise ValueError(f"memory.{name} must be >= {low}, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
 class Entry:
+    """One memory entry as a read returns it."""
+
     id: int  # stable store id
     text: str  # the entry's current text
     score: float = 0.0  # cosine similarity to the query (0.0 where there is no query, e.g. entries())
@@ -78,8 +83,11 @@ def _check_text(text: Any, what: str) -> str:
 class MemoryStore:
     """CRUD over texts with stable integer ids and cosine-similarity reads; see the module docstring.
 
+    ``search_counts`` counts the reads served by each path: "exact" (scan at or below ``exact_below``), "hnsw",
+    and "fallback" (an exact scan where hnsw could not be trusted).
+
     Args:
-        embedder: embeds texts when no precomputed vector is passed (documents on create/update, queries on read).
+        embedder: embeds texts when no vectors are passed (documents on create/update, queries on read).
         cfg: search and index settings.
     """
 
@@ -89,10 +97,13 @@ class MemoryStore:
         self.dim = int(embedder.dim)
         self._texts: dict[int, str] = {}  # live id -> text; insertion order is ascending id (ids only grow)
         self._slot: dict[int, int] = {}  # live id -> row of _vecs
-        self._vecs = np.zeros((self.cfg.initial_capacity, self.dim), dtype=np.float32)  # rows [0, live) are used
+        self._vecs = np.zeros((self.cfg.initial_capacity, self.dim), dtype=np.float32)  # rows [0, live) used
         self._slot_ids = np.zeros(self.cfg.initial_capacity, dtype=np.int64)  # id stored in each used row
         self._next_id = 0
         self._index: Optional[hnswlib.Index] = None  # built on the first read that needs it
+        self._label: dict[int, int] = {}  # live id -> its current hnsw label (empty while there is no index)
+        self._owner: dict[int, int] = {}  # current hnsw label -> live id
+        self._next_label = 0
         self.search_counts = {"exact": 0, "hnsw": 0, "fallback": 0}  # reads served by each path
 
     # ---- introspection -------------------------------------------------------------------------------------
@@ -122,10 +133,10 @@ class MemoryStore:
             raise TypeError(f"memory id must be an int, got {type(id).__name__} {id!r}")
         if int(id) not in self._texts:
             state = "was deleted" if 0 <= int(id) < self._next_id else "was never created"
-            raise KeyError(f"memory id {int(id)} does not exist (it {state}); live ids: {self._preview_ids()}")
+            raise KeyError(f"memory id {int(id)} does not exist (it {state}); live ids: {self._preview()}")
         return int(id)
 
-    def _preview_ids(self) -> str:
+    def _preview(self) -> str:
         ids = self.ids()
         return str(ids) if len(ids) <= 20 else f"{ids[:20]} ... ({len(ids)} in all)"
 
@@ -140,7 +151,7 @@ class MemoryStore:
             raise ValueError(f"{what} contains NaN or infinite values")
         norms = np.linalg.norm(arr.astype(np.float64), axis=1)
         if n and np.abs(norms - 1.0).max() > _NORM_TOLERANCE:
-            raise ValueError(f"{what} rows must be L2-normalised (norms {norms.min():.4f}..{norms.max():.4f})")
+            raise ValueError(f"{what} rows must be L2-normalised (norms {norms.min():.4f} to {norms.max():.4f})")
         return arr
 
     def _embed(self, texts: list[str], vectors: Any, query: bool, what: str) -> np.ndarray:
@@ -185,8 +196,11 @@ class MemoryStore:
             self._texts[i] = text
             self._vecs[self._slot[i]] = vec
         if self._index is not None and ids:
-            last = {i: row for row, i in enumerate(ids)}  # hnswlib wants each label once per add
+            last = {i: row for row, i in enumerate(ids)}  # a repeated id ends with its last vector
+            for i in last:
+                self._unindex(i)
             self._index_add(vecs[list(last.values())], list(last))
+            self._maybe_drop_index()
 
     def delete(self, id: int) -> None:
         """Delete entry ``id``; its id is never reused."""
@@ -199,11 +213,8 @@ class MemoryStore:
             self._slot_ids[row] = moved
             self._slot[moved] = row
         if self._index is not None:
-            self._index.mark_deleted(id)
-            # Without replace_deleted (unsafe in 0.8) deleted slots are never freed; rebuild lazily once they
-            # outnumber the live entries, so the index stays proportional to the store.
-            if self._index.element_count - len(self._texts) > max(len(self._texts), self.cfg.initial_capacity):
-                self._index = None
+            self._unindex(id)
+            self._maybe_drop_index()
 
     def _reserve_rows(self, n: int) -> None:
         if n <= len(self._vecs):
@@ -225,18 +236,37 @@ class MemoryStore:
     def _build_index(self) -> hnswlib.Index:
         n = len(self._texts)
         self._index = self._new_index(max(self.cfg.initial_capacity, 2 * n))
+        self._label, self._owner, self._next_label = {}, {}, 0
         if n:
             self._index_add(self._vecs[:n], self._slot_ids[:n].tolist())
         return self._index
 
-    def _index_add(self, vecs: np.ndarray, labels: list[int]) -> None:
+    def _index_add(self, vecs: np.ndarray, ids: list[int]) -> None:
+        """Add vectors of ``ids`` (not in the index) under fresh labels, growing the index first if needed."""
         index = self._index
         assert index is not None
-        need = index.element_count + len(labels)  # upper bound: updates of existing labels take no new slot
-        if need > index.max_elements:
-            index.resize_index(max(need, 2 * index.max_elements))
+        if index.element_count + len(ids) > index.max_elements:
+            index.resize_index(max(index.element_count + len(ids), 2 * index.max_elements))
+        labels = list(range(self._next_label, self._next_label + len(ids)))
+        self._next_label += len(ids)
         # One thread: the graph (and so any approximate miss) is then the same on every run.
         index.add_items(vecs, labels, num_threads=1)
+        for i, label in zip(ids, labels):
+            self._label[i] = label
+            self._owner[label] = i
+
+    def _unindex(self, id: int) -> None:
+        label = self._label.pop(id)
+        del self._owner[label]
+        self._index.mark_deleted(label)  # type: ignore[union-attr]
+
+    def _maybe_drop_index(self) -> None:
+        # Without replace_deleted (unsafe in 0.8) deleted slots are never freed; drop the index once they
+        # outnumber the live entries (the next read that needs it rebuilds it), so it stays proportional to
+        # the store.
+        dead = self._index.element_count - len(self._texts)  # type: ignore[union-attr]
+        if dead > max(len(self._texts), self.cfg.initial_capacity):
+            self._index, self._label, self._owner = None, {}, {}
 
     # ---- read ----------------------------------------------------------------------------------------------
     def read(self, query: str, k: int, vector: Any = None) -> list[Entry]:
@@ -248,7 +278,7 @@ class MemoryStore:
         queries = [_check_text(q, f"query {i}") for i, q in enumerate(queries)]
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise TypeError(f"read k must be an int, got {type(k).__name__}")
-        if k < 0 or not self._texts:
+        if k <= 0 or not self._texts:
             if vectors is not None:
                 self._check_vectors(vectors, len(queries), "query vectors")
             return [[] for _ in queries]
@@ -266,11 +296,14 @@ class MemoryStore:
         else:
             self.search_counts["exact"] += 1
         rows = np.arange(n)
-        scores = self._scores(rows, q)
-        if k < n:  # keep everything tied with the k-th best, then sort that short list
-            keep = scores >= np.partition(scores, n - k)[n - k]
-            rows, scores = rows[keep], scores[keep]
-        return self._top(rows, scores, k)
+        if k < n:
+            # A float32 pass picks the rows that can still reach the k-th best score: the float32 error of a
+            # dot product of unit vectors is below dim * eps / 2, so a margin of twice that (plus the rounding
+            # of SCORE_DECIMALS) keeps the whole tie group of the k-th score; only those are rescored exactly.
+            fast = self._vecs[:n] @ q
+            margin = 2 * self.dim * float(np.finfo(np.float32).eps) + 10.0**-SCORE_DECIMALS
+            rows = np.flatnonzero(fast >= np.partition(fast, n - k)[n - k] - margin)
+        return self._top(rows, self._scores(rows, q), k)
 
     def _scores(self, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
         return np.round(self._vecs[rows].astype(np.float64) @ q.astype(np.float64), SCORE_DECIMALS)
@@ -290,20 +323,21 @@ class MemoryStore:
             labels, _ = index.knn_query(q[None], k=pool, num_threads=1)
         except RuntimeError:  # fewer than `pool` found (small or damaged graph)
             return None
-        rows = np.array([self._slot[int(x)] for x in labels[0] if int(x) in self._slot], dtype=np.int64)
+        owners = [self._owner.get(int(x)) for x in labels[0]]
+        rows = np.array([self._slot[i] for i in owners if i is not None], dtype=np.int64)
         if len(np.unique(rows)) < pool:
             return None
         scores = self._scores(rows, q)
         result = self._top(rows, scores, k)
-        # A pool that is not the whole store may have cut the group tied with the k-th score in two; entries of
-        # that group outside the pool could have smaller ids.
+        # A pool that is not the whole store may have cut the group tied with the k-th score in two; entries
+        # of that group outside the pool could have smaller ids.
         if pool < n and scores.min() >= result[-1].score:
             return None
         return result
 
     # ---- persistence ---------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write the store to directory ``path``: store.json, vectors.npy, and index.bin when built. No pickle."""
+        """Write the store to directory ``path``: store.json, vectors.npy, index.bin (when built); no pickle."""
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         n = len(self._texts)
@@ -321,6 +355,8 @@ class MemoryStore:
             "ids": self.ids(),
             "texts": list(self._texts.values()),
             "has_index": self._index is not None,
+            "labels": [self._label[i] for i in self._texts] if self._index is not None else [],  # as "ids"
+            "next_label": self._next_label,
             "config": dataclasses.asdict(self.cfg),
         }
         (out / "store.json").write_text(json.dumps(meta, ensure_ascii=False))
@@ -334,17 +370,17 @@ class MemoryStore:
             raise FileNotFoundError(f"{src}: not a saved MemoryStore (no store.json)")
         meta = json.loads((src / "store.json").read_text())
         if meta.get("format") != _FORMAT:
-            raise ValueError(f"{src}: store format {meta.get('format')} is not the supported format {_FORMAT}")
+            raise ValueError(f"{src}: store format {meta.get('format')} is not the supported {_FORMAT}")
         if int(embedder.dim) != meta["dim"]:
             raise ValueError(
-                f"{src}: the store holds {meta['dim']}-d vectors but the embedder makes {embedder.dim}-d ones; "
-                "load it with the embedder it was saved with"
+                f"{src}: the store holds {meta['dim']}-d vectors but the embedder makes {embedder.dim}-d "
+                "ones; load it with the embedder it was saved with"
             )
         store = cls(embedder, MemoryConfig(**meta["config"]))
         ids, texts = [int(i) for i in meta["ids"]], meta["texts"]
         vecs = np.load(src / "vectors.npy", allow_pickle=False)
         if vecs.shape != (len(ids), store.dim) or len(texts) != len(ids):
-            raise ValueError(f"{src}: vectors.npy {vecs.shape} does not match {len(ids)} ids of dim {store.dim}")
+            raise ValueError(f"{src}: vectors.npy {vecs.shape} does not fit {len(ids)} ids of dim {store.dim}")
         store._reserve_rows(len(ids))
         store._vecs[: len(ids)] = vecs
         store._slot_ids[: len(ids)] = ids
@@ -355,7 +391,11 @@ class MemoryStore:
             index = hnswlib.Index(space="ip", dim=store.dim)
             index.load_index(str(src / "index.bin"))
             index.set_ef(store.cfg.ef_search)  # save_index does not keep ef
-            if not set(ids) <= set(index.get_ids_list()):
-                raise ValueError(f"{src}: index.bin lacks some of the stored ids; the save is inconsistent")
+            labels = [int(x) for x in meta["labels"]]
+            if len(labels) != len(ids) or not set(labels) <= set(index.get_ids_list()):
+                raise ValueError(f"{src}: index.bin lacks some stored labels; the save is inconsistent")
             store._index = index
+            store._label = dict(zip(ids, labels))
+            store._owner = dict(zip(labels, ids))
+            store._next_label = int(meta["next_label"])
         return store

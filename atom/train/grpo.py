@@ -283,11 +283,15 @@ class GRPOModule(L.LightningModule):
             if float(global_tokens) == 0:
                 continue
             opt.zero_grad()
-            for start in range(0, len(mb), cfg.micro_batch_size):
-                micro = [seqs[i] for i in mb[start : start + cfg.micro_batch_size]]
-                step_metrics = self._micro_step(micro, float(global_tokens), float(global_seqs))
-                for k, v in step_metrics.items():
-                    totals[k] = totals.get(k, 0.0) + v
+            micros = [[seqs[i] for i in mb[j : j + cfg.micro_batch_size]] for j in range(0, len(mb), cfg.micro_batch_size)]
+            # Sharded strategies reduce gradients inside every backward: all ranks must run as many backwards.
+            n_micro = int(self.trainer.strategy.reduce(torch.tensor(float(len(micros)), device=self.device), reduce_op="max"))
+            for k in range(n_micro):
+                micro, weight = (micros[k], 1.0) if k < len(micros) else (micros[0] if micros else [], 0.0)
+                step_metrics = self._micro_step(micro, float(global_tokens), float(global_seqs), weight)
+                for key, v in step_metrics.items():
+                    totals[key] = totals.get(key, 0.0) + v
+            self._all_reduce_grads()
             if cfg.grad_clip > 0:
                 self.clip_gradients(opt, gradient_clip_val=cfg.grad_clip, gradient_clip_algorithm="norm")
             grad_norm = torch.sqrt(
@@ -302,8 +306,31 @@ class GRPOModule(L.LightningModule):
         out["grpo/optimizer_steps"] = float(count)
         return out
 
-    def _micro_step(self, micro: list[Sequence_], num_tokens: float, num_seqs: float) -> dict[str, float]:
+    def _all_reduce_grads(self) -> None:
+        """DDP: average gradients over ranks by hand, once per optimizer step (see ``on_train_start``)."""
+        if not isinstance(self.trainer.model, torch.nn.parallel.DistributedDataParallel):
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.model.parameters() if p.requires_grad]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= self.trainer.world_size
+        offset = 0
+        for p in (p for p in self.model.parameters() if p.requires_grad):
+            n = p.numel()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
+            offset += n
+
+    def on_train_start(self) -> None:
+        # Several backwards per training_step (micro-batches, updates) do not fit DDP's one-forward-one-backward
+        # reducer, so automatic gradient sync is switched off and _all_reduce_grads averages before each step.
+        if isinstance(self.trainer.model, torch.nn.parallel.DistributedDataParallel):
+            self.trainer.model.require_backward_grad_sync = False
+
+    def _micro_step(self, micro: list[Sequence_], num_tokens: float, num_seqs: float, weight: float = 1.0):
+        """Forward/backward of one micro-batch; ``weight`` 0 runs a no-op backward that keeps ranks in step."""
         cfg = self.cfg
+        if not micro:
+            return {}
         b = {k: v.to(self.device) for k, v in pad_batch(micro, self.tokenizer.pad_token_id).items()}
         logprobs, entropy = token_logprobs(self.model, b, self.sampling.temperature, with_entropy=True)
         ref = None
@@ -315,7 +342,9 @@ class GRPOModule(L.LightningModule):
             clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip or None,
             kl_coef=cfg.kl_coef, aggregation=cfg.aggregation, num_tokens=num_tokens, num_sequences=num_seqs,
         )  # fmt: skip
-        self.manual_backward(loss)
+        self.manual_backward(loss * weight)
+        if weight == 0.0:
+            return {}
         out = {f"grpo/{k}": float(v) for k, v in m.items()}
         out["grpo/loss"] = float(loss.detach())
         out["grpo/entropy"] = float((entropy * b["mask"]).sum()) / num_tokens
