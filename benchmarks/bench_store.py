@@ -1,14 +1,15 @@
 """MemoryStore throughput and hnsw recall.
 
-Throughput: prefill a store to N entries, then time a random mix of operations (default 40% create, 40% read
-top-6, 10% update, 10% delete) in three modes: "vectors" (precomputed random unit vectors of dim 384, so
-embedding is excluded), "hash" (HashEmbedder, embedding included) and "minilm" (the embedded all-MiniLM-L6-v2,
-embedding included, one text per call as the episode loop does; its prefill uses random 384-d vectors so that a
-quick run does not embed 10K texts first). Recall: top-6 of the store's hnsw path (exact_below=0) and of a bare
+Throughput: prefill a store to N entries, then time a random mix of operations (default 40% create, 40%
+read top-6, 10% update, 10% delete) in three modes: "vectors" (precomputed random unit vectors of dim 384, so
+embedding is excluded), "hash" (HashEmbedder, embedding included) and "minilm" (the embedded
+all-MiniLM-L6-v2, embedding included, one text per call; its prefill uses random 384-d vectors so that a quick
+run does not embed 10K texts first). Recall: top-6 of the store's hnsw path (exact_below=0) and of a bare
 hnswlib index with the same settings, against exact search, for random queries and for queries near stored
-vectors. Also reports a read's latency on each path at each size.
+vectors, per ef_search; with the read latency of the hnsw path and of the exact scan at each size.
 
     python benchmarks/bench_store.py                       # 1K and 10K, all modes (~1-2 min on 2 cores)
+    python benchmarks/bench_store.py --threads 1            # steadier figures on a shared machine
     python benchmarks/bench_store.py --sizes 1000 --ops 500 --embed-ops 100 --modes vectors hash
 """
 
@@ -36,7 +37,7 @@ RELATIONS = ["was born in", "founded", "is the capital of", "married", "directed
 
 
 class RandomVectors:
-    """Embedder stand-in for the 'vectors' mode: the benchmark always passes vectors, so it is never called."""
+    """Embedder stand-in for the 'vectors' mode: the benchmark passes vectors, so it is never called."""
 
     dim = DIM
 
@@ -59,7 +60,7 @@ def fact(rng: np.random.Generator) -> str:
 
 
 def throughput(mode: str, size: int, n_ops: int, mix: list[float], seed: int, embedder=None) -> dict:
-    """Prefill to ``size`` then time ``n_ops`` random operations; embedding included unless mode == 'vectors'."""
+    """Prefill to ``size``, then time ``n_ops`` random operations (embedding included unless 'vectors')."""
     rng = np.random.default_rng(seed)
     store = MemoryStore(embedder if embedder is not None else RandomVectors(), MemoryConfig())
     texts = [fact(rng) for _ in range(size)]
@@ -101,10 +102,15 @@ def throughput(mode: str, size: int, n_ops: int, mix: list[float], seed: int, em
     total = time.perf_counter() - t_all
     names = ["create", "read", "update", "delete"]
     return {
-        "mode": mode, "size": size, "ops": n_ops, "ops_per_s": n_ops / total,
+        "mode": mode,
+        "size": size,
+        "ops": n_ops,
+        "ops_per_s": n_ops / total,
         "us_per_op": {n: 1e6 * spent[i] / max(counts[i], 1) for i, n in enumerate(names)},
         "op_counts": {n: int(counts[i]) for i, n in enumerate(names)},
-        "prefill_s": prefill_s, "first_read_s": first_read_s, "final_size": len(store),
+        "prefill_s": prefill_s,
+        "first_read_s": first_read_s,
+        "final_size": len(store),
         "search_counts": dict(store.search_counts),
     }
 
@@ -114,7 +120,7 @@ def exact_top(vecs: np.ndarray, q: np.ndarray) -> set[int]:
 
 
 def recall(size: int, n_queries: int, efs: list[int], seed: int) -> dict:
-    """Top-6 recall of the store's hnsw path (per ef_search) and of a bare hnswlib index, plus read latencies."""
+    """Top-6 recall of the store's hnsw path (per ef_search) and of a bare hnswlib index; read latencies."""
     rng = np.random.default_rng(seed)
     vecs = unit_rows(rng, size)
     store = MemoryStore(RandomVectors(), MemoryConfig(exact_below=0))
@@ -145,12 +151,18 @@ def recall(size: int, n_queries: int, efs: list[int], seed: int) -> dict:
             hnsw_us = 1e6 * (time.perf_counter() - t0) / n_queries
             for q, truth in zip(queries, truths):
                 hits_bare += len(truth & set(bare.knn_query(q[None], k=TOP_K, num_threads=1)[0][0].tolist()))
-            rows.append({
-                "size": size, "queries": name, "ef_search": ef,
-                "recall_store": hits_store / (TOP_K * n_queries), "recall_bare_hnsw": hits_bare / (TOP_K * n_queries),
-                "read_us_hnsw_path": hnsw_us, "read_us_exact_scan": scan_us,
-                "fallbacks": store.search_counts["fallback"] - before["fallback"],
-            })
+            rows.append(
+                {
+                    "size": size,
+                    "queries": name,
+                    "ef_search": ef,
+                    "recall_store": hits_store / (TOP_K * n_queries),
+                    "recall_bare_hnsw": hits_bare / (TOP_K * n_queries),
+                    "read_us_hnsw_path": hnsw_us,
+                    "read_us_exact_scan": scan_us,
+                    "fallbacks": store.search_counts["fallback"] - before["fallback"],
+                }
+            )
     return {"size": size, "n_queries": n_queries, "rows": rows}
 
 
@@ -159,20 +171,25 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000], help="store sizes after prefill")
     ap.add_argument("--ops", type=int, default=5000, help="timed operations per run (vectors, hash modes)")
     ap.add_argument("--embed-ops", type=int, default=300, help="timed operations per run in the minilm mode")
-    ap.add_argument("--modes", nargs="+", default=["vectors", "hash", "minilm"], choices=["vectors", "hash", "minilm"])
-    ap.add_argument("--mix", type=float, nargs=4, default=[0.4, 0.4, 0.1, 0.1], help="create read update delete")
-    ap.add_argument("--recall-queries", type=int, default=200, help="queries per recall measurement (0: skip)")
+    modes = ["vectors", "hash", "minilm"]
+    ap.add_argument("--modes", nargs="+", default=modes, choices=modes, help="throughput modes to run")
+    mix = [0.4, 0.4, 0.1, 0.1]
+    ap.add_argument("--mix", type=float, nargs=4, default=mix, help="shares of create, read, update, delete")
+    ap.add_argument("--recall-queries", type=int, default=200, help="queries per recall set (0: skip recall)")
     ap.add_argument("--recall-ef", type=int, nargs="+", default=[64, 256], help="ef_search values for recall")
-    ap.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads for MiniLM (0: torch default)")
+    ap.add_argument("--threads", type=int, default=0, help="BLAS and torch CPU threads (0: library defaults)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/bench_store.json")
     args = ap.parse_args()
     mix = list(np.asarray(args.mix) / sum(args.mix))
 
-    if args.torch_threads:
+    if args.threads:
+        # On a busy machine multi-threaded OpenBLAS/torch spin-wait: a 10K x 384 scan was measured 50x slower.
         import torch
+        from threadpoolctl import threadpool_limits
 
-        torch.set_num_threads(args.torch_threads)
+        torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)
     minilm = build_embedder(MemoryConfig(embedder="minilm", device="cpu")) if "minilm" in args.modes else None
     if minilm is not None:
         minilm.encode_queries(["warm up"])
@@ -183,11 +200,12 @@ def main() -> None:
             n_ops = args.embed_ops if mode == "minilm" else args.ops
             runs.append(throughput(mode, size, n_ops, mix, args.seed, emb))
             r = runs[-1]
+            us = r["us_per_op"]
             print(
-                f"{mode:>8} N={size:>6}: {r['ops_per_s']:>9.0f} ops/s  create {r['us_per_op']['create']:>7.0f}us  "
-                f"read {r['us_per_op']['read']:>7.0f}us  update {r['us_per_op']['update']:>7.0f}us  "
-                f"delete {r['us_per_op']['delete']:>5.0f}us  prefill {r['prefill_s']:.2f}s  "
-                f"first read {r['first_read_s']:.2f}s  paths {r['search_counts']}",
+                f"{mode:>8} N={size:>6}: {r['ops_per_s']:>7.0f} ops/s  create {us['create']:>6.0f}us  "
+                f"read {us['read']:>6.0f}us  update {us['update']:>6.0f}us  delete {us['delete']:>3.0f}us  "
+                f"prefill {r['prefill_s']:.2f}s  first read {r['first_read_s']:.2f}s  "
+                f"paths {r['search_counts']}",
                 flush=True,
             )
     recalls = []
@@ -195,9 +213,10 @@ def main() -> None:
         recalls.append(recall(size, args.recall_queries, args.recall_ef, args.seed))
         for x in recalls[-1]["rows"]:
             print(
-                f"recall@{TOP_K} N={size:>6} {x['queries']:>6} queries ef={x['ef_search']:>4}: store "
-                f"{x['recall_store']:.3f}  bare hnsw {x['recall_bare_hnsw']:.3f}  read {x['read_us_hnsw_path']:>6.0f}us "
-                f"(hnsw path, {x['fallbacks']} fallbacks) vs {x['read_us_exact_scan']:>6.0f}us (exact scan)",
+                f"recall@{TOP_K} N={size:>6} {x['queries']:>6} queries ef={x['ef_search']:>4}: "
+                f"store {x['recall_store']:.3f}  bare hnsw {x['recall_bare_hnsw']:.3f}  "
+                f"read {x['read_us_hnsw_path']:>5.0f}us (hnsw path, {x['fallbacks']} fallbacks) "
+                f"vs {x['read_us_exact_scan']:>5.0f}us (exact scan)",
                 flush=True,
             )
     out = Path(args.out)

@@ -29,7 +29,7 @@ FILES = {
     "2wiki": "2wikimultihopqa/dev.sample.json",
     "musique": "musique/musique_ans_v1.0_dev.sample.jsonl",
 }
-STATUS = re.compile(r"Q\d+: found \d+/\d+ facts( \(.+\))?")
+STATUS = re.compile(r"Q\d+: (have .+|nothing yet)")
 
 
 def word_tokenizer() -> PreTrainedTokenizerFast:

@@ -43,7 +43,7 @@ class NoEmbedder:
     encode_queries = encode_documents
 
 
-# ---- ids, CRUD, read semantics --------------------------------------------------------------------------------
+# ---- ids, CRUD, read semantics -----------------------------------------------------------------------------
 def test_ids_start_at_zero_and_are_never_reused():
     store = hash_store()
     assert store.create_many(["a b", "c d"]) == [0, 1]
@@ -80,7 +80,7 @@ def test_duplicate_vectors_tie_exactly_despite_blas_summation_order(cfg):
 
 
 def test_near_equal_scores_are_ordered_by_exact_arithmetic():
-    # Scores closer than float32 rounding error: the exact scan's float32 pre-filter must not drop the true best.
+    # Scores closer than float32 rounding error: the exact scan's float32 pre-filter must keep the true best.
     rng = np.random.default_rng(5)
     for _ in range(200):  # about 1 in 12 of these flips order in float32
         q, a = unit_rows(rng, 2, 384)
@@ -179,7 +179,8 @@ def test_hnsw_grows_past_capacity_and_matches_exact_when_pool_covers_store():
     rng = np.random.default_rng(1)
     vecs, queries = unit_rows(rng, 300, 16), unit_rows(rng, 20, 16)
     cfg = MemoryConfig(embedder="hash", exact_below=0, initial_capacity=8, ef_search=512)
-    fast, exact = MemoryStore(NoEmbedder(16), cfg), MemoryStore(NoEmbedder(16), MemoryConfig(exact_below=10**6))
+    fast = MemoryStore(NoEmbedder(16), cfg)
+    exact = MemoryStore(NoEmbedder(16), MemoryConfig(exact_below=10**6))
     for i, v in enumerate(vecs):  # one at a time, reading in between, so the index resizes several times
         fast.create(f"t{i}", v)
         exact.create(f"t{i}", v)
@@ -271,7 +272,7 @@ def test_deleted_slots_are_reclaimed():
     assert store._index is not None and store._index.element_count <= 2 * 4 + 5
 
 
-# ---- persistence ---------------------------------------------------------------------------------------------
+# ---- persistence -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("cfg", [EXACT, HNSW], ids=["exact", "hnsw"])
 def test_save_load_round_trip(tmp_path, cfg):
     store = hash_store(cfg)
@@ -310,14 +311,14 @@ def test_config_invariants_name_the_field():
         MemoryConfig(embedder=" ")
 
 
-# ---- stateful test against a plain-Python reference -------------------------------------------------------
+# ---- stateful test against a plain-Python reference --------------------------------------------------------
 WORDS = ["apple", "banana", "cherry", "delta", "echo"]
 TEXTS = st.one_of(st.lists(st.sampled_from(WORDS), min_size=1, max_size=3).map(" ".join), st.just("?!"))
 EMBEDDER = HashEmbedder(32)  # small dim and vocabulary: duplicates, collisions and ties are common
 
 
 class Reference:
-    """Dict of live texts and an exact scan; scores are exact sums (fsum) rounded like the store's contract."""
+    """Dict of live texts and an exact scan; scores are exact sums (fsum) rounded per the store's contract."""
 
     def __init__(self) -> None:
         self.texts: dict[int, str] = {}
@@ -355,7 +356,8 @@ def make_machine(cfg: MemoryConfig) -> type[RuleBasedStateMachine]:
 
         @rule(texts=st.lists(TEXTS, max_size=6))
         def create_many(self, texts):
-            assert self.store.create_many(texts) == list(range(self.ref.next_id, self.ref.next_id + len(texts)))
+            first = self.ref.next_id
+            assert self.store.create_many(texts) == list(range(first, first + len(texts)))
             for text in texts:
                 self.ref.texts[self.ref.next_id] = text
                 self.ref.next_id += 1
@@ -366,7 +368,7 @@ def make_machine(cfg: MemoryConfig) -> type[RuleBasedStateMachine]:
 
         @rule(queries=st.lists(TEXTS, min_size=1, max_size=3), k=st.integers(1, 5))
         def read_many(self, queries, k):
-            for got, query in zip(self.store.read_many(queries, k), queries):
+            for got, query in zip(self.store.read_many(queries, k), queries, strict=True):
                 self.check_read(got, query, k)
 
         @precondition(lambda self: self.ref.texts)

@@ -212,10 +212,9 @@ class OraclePolicy:
         lines = []
         for q, idx in enumerate(per_question):
             if idx:
+                # Only what a model could know: the documents it has found so far, not the gold fact count.
                 titles = list(dict.fromkeys(facts[i].title for i in idx if i in held))
-                found = sum(i in held for i in idx)
-                suffix = f" ({'; '.join(titles)})" if titles else ""
-                lines.append(f"Q{q + 1}: found {found}/{len(idx)} facts{suffix}")
+                lines.append(f"Q{q + 1}: have {'; '.join(titles)}" if titles else f"Q{q + 1}: nothing yet")
         return lines
 
     # -- read phase ------------------------------------------------------------------------------------------

@@ -4,5 +4,11 @@ from atom.memory.embedder import Embedder, HashEmbedder, SentenceEmbedder, build
 from atom.memory.store import Entry, MemoryConfig, MemoryStore
 
 __all__ = [
-    "Embedder", "Entry", "HashEmbedder", "MemoryConfig", "MemoryStore", "SentenceEmbedder", "build_embedder",
+    "Embedder",
+    "Entry",
+    "HashEmbedder",
+    "MemoryConfig",
+    "MemoryStore",
+    "SentenceEmbedder",
+    "build_embedder",
 ]

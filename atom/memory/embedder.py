@@ -114,7 +114,7 @@ class SentenceEmbedder:
         device: torch device, or "auto" (cuda if available, else cpu).
         batch_size: texts per forward pass.
         query_prefix: "auto" uses the model's own ``prompts["query"]`` when it ships one (Qwen3-Embedding
-            does), otherwise none; any other string is prepended literally to queries. Documents never get one.
+            does), otherwise none; any other string is prepended literally to queries. Never to documents.
         local_files_only: never contact the hub (set for embedded model directories).
     """
 

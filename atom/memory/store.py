@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import hnswlib
 import numpy as np
@@ -41,7 +42,7 @@ _FORMAT = 1  # version of the save() directory layout
 class MemoryConfig:
     """Embedder choice and search settings of the memory store."""
 
-    embedder: str = "minilm"  # "minilm" (embedded all-MiniLM-L6-v2), "hash", or a sentence-transformers id/path
+    embedder: str = "minilm"  # "minilm" (embedded all-MiniLM-L6-v2), "hash", or a sentence-transformers model
     query_prefix: str = "auto"  # "auto": the model's own prompts["query"] if it has one; else used literally
     embed_batch_size: int = 64  # texts per embedder forward pass
     device: str = "auto"  # embedder device: auto (cuda if available), cpu, cuda, cuda:1, ...
@@ -49,7 +50,7 @@ class MemoryConfig:
     hnsw_m: int = 16  # hnsw graph degree M (links per node per layer)
     ef_construction: int = 200  # hnsw build-time candidate list size
     ef_search: int = 64  # hnsw query-time candidate list size (raised to the candidate pool when larger)
-    exact_below: int = 256  # live entries at or below which reads use an exact scan instead of hnsw
+    exact_below: int = 2048  # live entries at or below which reads use an exact scan instead of hnsw
     initial_capacity: int = 256  # initial hnsw capacity in elements; the index doubles when full
 
     def __post_init__(self) -> None:
@@ -83,15 +84,15 @@ def _check_text(text: Any, what: str) -> str:
 class MemoryStore:
     """CRUD over texts with stable integer ids and cosine-similarity reads; see the module docstring.
 
-    ``search_counts`` counts the reads served by each path: "exact" (scan at or below ``exact_below``), "hnsw",
-    and "fallback" (an exact scan where hnsw could not be trusted).
+    ``search_counts`` counts the reads served by each path: "exact" (scan at or below ``exact_below``),
+    "hnsw", and "fallback" (an exact scan where hnsw could not be trusted).
 
     Args:
         embedder: embeds texts when no vectors are passed (documents on create/update, queries on read).
         cfg: search and index settings.
     """
 
-    def __init__(self, embedder: Embedder, cfg: Optional[MemoryConfig] = None):
+    def __init__(self, embedder: Embedder, cfg: MemoryConfig | None = None):
         self.embedder = embedder
         self.cfg = cfg if cfg is not None else MemoryConfig()
         self.dim = int(embedder.dim)
@@ -100,7 +101,7 @@ class MemoryStore:
         self._vecs = np.zeros((self.cfg.initial_capacity, self.dim), dtype=np.float32)  # rows [0, live) used
         self._slot_ids = np.zeros(self.cfg.initial_capacity, dtype=np.int64)  # id stored in each used row
         self._next_id = 0
-        self._index: Optional[hnswlib.Index] = None  # built on the first read that needs it
+        self._index: hnswlib.Index | None = None  # built on the first read that needs it
         self._label: dict[int, int] = {}  # live id -> its current hnsw label (empty while there is no index)
         self._owner: dict[int, int] = {}  # current hnsw label -> live id
         self._next_label = 0
@@ -151,7 +152,8 @@ class MemoryStore:
             raise ValueError(f"{what} contains NaN or infinite values")
         norms = np.linalg.norm(arr.astype(np.float64), axis=1)
         if n and np.abs(norms - 1.0).max() > _NORM_TOLERANCE:
-            raise ValueError(f"{what} rows must be L2-normalised (norms {norms.min():.4f} to {norms.max():.4f})")
+            lo, hi = norms.min(), norms.max()
+            raise ValueError(f"{what} rows must be L2-normalised (norms {lo:.4f} to {hi:.4f})")
         return arr
 
     def _embed(self, texts: list[str], vectors: Any, query: bool, what: str) -> np.ndarray:
@@ -313,7 +315,7 @@ class MemoryStore:
         order = np.lexsort((ids, -scores))[:k]
         return [Entry(int(ids[j]), self._texts[int(ids[j])], float(scores[j])) for j in order]
 
-    def _search_hnsw(self, q: np.ndarray, k: int) -> Optional[list[Entry]]:
+    def _search_hnsw(self, q: np.ndarray, k: int) -> list[Entry] | None:
         """Exact top-k from an hnsw candidate pool, or None when only an exact scan can be trusted."""
         index = self._index if self._index is not None else self._build_index()
         n = len(self._texts)
@@ -337,7 +339,7 @@ class MemoryStore:
 
     # ---- persistence ---------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write the store to directory ``path``: store.json, vectors.npy, index.bin (when built); no pickle."""
+        """Write the store to directory ``path``: store.json, vectors.npy, index.bin (if built); no pickle."""
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         n = len(self._texts)
@@ -380,7 +382,7 @@ class MemoryStore:
         ids, texts = [int(i) for i in meta["ids"]], meta["texts"]
         vecs = np.load(src / "vectors.npy", allow_pickle=False)
         if vecs.shape != (len(ids), store.dim) or len(texts) != len(ids):
-            raise ValueError(f"{src}: vectors.npy {vecs.shape} does not fit {len(ids)} ids of dim {store.dim}")
+            raise ValueError(f"{src}: vectors.npy {vecs.shape} does not fit {len(ids)} ids, dim {store.dim}")
         store._reserve_rows(len(ids))
         store._vecs[: len(ids)] = vecs
         store._slot_ids[: len(ids)] = ids

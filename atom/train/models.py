@@ -176,6 +176,10 @@ def load_model(cfg: ModelConfig, seed: int = 0):
             if not (cached / "config.json").is_file():
                 log.info("de-quantizing %s once into %s", gguf, cached)
                 model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf, dtype=torch.float32)
+                # The weights are de-quantized float32 now; drop the GGUF marker that blocks save_pretrained.
+                model.hf_quantizer = None
+                if hasattr(model.config, "quantization_config"):
+                    del model.config.quantization_config
                 model.save_pretrained(cached)
                 load_tokenizer(cfg)  # the tokenizer sits beside the weights in the cache
             model = AutoModelForCausalLM.from_pretrained(cached, **kwargs)
