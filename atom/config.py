@@ -168,3 +168,35 @@ def save_config(cfg: Config, run_dir: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(to_yaml(cfg))
     return out
+
+
+def reference(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, comment) for every leaf of the config tree, read from the dataclass sources."""
+    import inspect
+    import re
+
+    comments = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+):[^=]+=.*?#\s*(.*)$", line)
+        if m:
+            comments[m.group(1)] = m.group(2).strip()
+    rows = []
+    default = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(default, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += reference(type(value), f"{prefix}{f.name}.")
+        else:
+            rows.append((f"{prefix}{f.name}", repr(value), comments.get(f.name, "")))
+    return rows
+
+
+def reference_markdown() -> str:
+    """The config reference table of the README (``python -m atom.config``)."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{k}` | `{d}` | {c.replace('|', '/')} |" for k, d, c in reference()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference_markdown())

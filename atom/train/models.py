@@ -29,6 +29,7 @@ TINY = "tiny"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "4bit", "8bit")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass
@@ -37,9 +38,7 @@ class LoraConfig:
     r: int = 16  # adapter rank
     alpha: int = 32  # scaling numerator (effective scale alpha / r)
     dropout: float = 0.0  # dropout on the adapter input
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )  # module names that get adapters
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))  # modules that get adapters
     merge_on_save: bool = True  # save the trained policy with adapters merged (plain transformers can load it)
 
     def __post_init__(self) -> None:

@@ -1,0 +1,67 @@
+"""Strict config loading: typos and wrong types are errors naming the key; the README reference stays true."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from atom.config import ConfigError, load_config, reference_markdown, save_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_and_overrides_merge_with_types():
+    cfg = load_config(None, ["data.num_docs=50", "grpo.lr=3e-6", "eval.methods=[rag,oracle]", "run.stages=[sft]"])
+    assert cfg.data.num_docs == 50 and cfg.grpo.lr == 3e-6
+    assert cfg.eval.methods == ["rag", "oracle"] and cfg.run.stages == ["sft"]
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("data.num_doc=5", "'data.num_doc'; did you mean 'num_docs'?"),
+        ("dta.num_docs=5", "Valid keys under '<root>'"),
+        ("grpo.group_size=many", "grpo.group_size"),
+        ("data.num_docs", "key=value"),
+        ("eval.methods=[nope]", "valid methods"),
+        ("grpo.std_scale=batchy", "grpo.std_scale must be one of"),
+        ("run.stages=[train]", "unknown stage"),
+        ("agent.top_k=0", "agent.top_k must be > 0"),
+    ],
+)
+def test_bad_overrides_name_the_key_and_the_valid_choices(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert fragment in str(err.value)
+
+
+def test_unknown_key_in_a_yaml_lists_valid_keys(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("data:\n  num_docs: 10\n  chunk_size: 512\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert str(path) in message and "data.chunk_size" in message and "chunk_tokens" in message
+
+
+def test_base_chain_overlays_and_cycles_are_errors(tmp_path):
+    (tmp_path / "a.yaml").write_text("data: {num_docs: 10, seed: 3}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\ndata: {num_docs: 20}\n")
+    cfg = load_config(tmp_path / "b.yaml")
+    assert (cfg.data.num_docs, cfg.data.seed) == (20, 3)
+    (tmp_path / "c.yaml").write_text("base: d.yaml\n")
+    (tmp_path / "d.yaml").write_text("base: c.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_saved_config_reloads_to_the_same_config(tmp_path):
+    cfg = load_config(ROOT / "experiments" / "quickstart.yaml", ["grpo.max_steps=7"])
+    path = save_config(cfg, tmp_path)
+    assert load_config(path) == cfg
+
+
+def test_readme_config_reference_is_current():
+    readme = (ROOT / "README.md").read_text()
+    assert reference_markdown() in readme, "regenerate the README table with: python -m atom.config"
