@@ -16,8 +16,8 @@ import logging
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_only
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from atom.agent.oracle import OraclePolicy

@@ -136,9 +136,7 @@ def test_parse_table(reply: str, actions: list[Action], invalid: dict[str, int])
 
 
 def test_bodies_are_truncated_not_invalid() -> None:
-    result = parse_actions(
-        "<create>" + "x" * 50 + "</create><answer>" + "ab " * 10 + "</answer>", max_text_chars=10
-    )
+    result = parse_actions("<create>" + "x" * 50 + "</create><answer>" + "ab " * 10 + "</answer>", max_text_chars=10)
     assert result.actions == [C("x" * 10), A("ab ab ab a")]
     assert not result.invalid
     result = parse_actions("<create>ab" + " " * 20 + "c</create>", max_text_chars=5)
@@ -188,9 +186,7 @@ def test_render_canonical_forms() -> None:
     assert render_action(S("")) == "<scratchpad></scratchpad>"
 
 
-@pytest.mark.parametrize(
-    "action", [C(" x"), C(""), A("a <read>b</read>"), S("<think>x</think>"), R("x </create>")]
-)
+@pytest.mark.parametrize("action", [C(" x"), C(""), A("a <read>b</read>"), S("<think>x</think>"), R("x </create>")])
 def test_render_rejects_unparseable_text(action: Action) -> None:
     with pytest.raises(ValueError, match="cannot render"):
         render_action(action)

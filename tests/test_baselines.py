@@ -51,9 +51,7 @@ class Scripted:
 def gold_or_wrong(prompt: str, episode) -> str:
     """Answers every question of the episode's sample correctly, except the second one."""
     q = next(i for i, question in enumerate(episode.sample.questions) if f"Question: {question}" in prompt)
-    return (
-        "<answer>wrong</answer>" if q == 1 else f"I know it.\n<answer>{episode.sample.answers[q][0]}</answer>"
-    )
+    return "<answer>wrong</answer>" if q == 1 else f"I know it.\n<answer>{episode.sample.answers[q][0]}</answer>"
 
 
 def engine(policy, factory, chunk_tokens=64, overlap=8):
@@ -72,9 +70,7 @@ def test_full_context_one_turn_per_question_and_centre_cut_in_chars(samples):
     sample = next(s for s in samples if len(s.questions) >= 3)
     budget = 600
     policy = Scripted(gold_or_wrong)
-    (traj,) = engine(policy, baselines.full_context_episode(AgentConfig(), max_context_chars=budget)).run(
-        [sample]
-    )
+    (traj,) = engine(policy, baselines.full_context_episode(AgentConfig(), max_context_chars=budget)).run([sample])
     assert len(traj.turns) == len(sample.questions) and all(t.phase == ANSWER for t in traj.turns)
     prompt = traj.turns[0].messages[-1]["content"]
     head = (budget - len(CUT_MARKER) + 1) // 2
@@ -93,9 +89,7 @@ def test_full_context_token_budget_and_untruncated_short_context(samples):
     episode = make(sample, [], None)
     assert episode.truncated and len(TOK(episode.context)["input_ids"]) <= 120
     assert episode.context.startswith(sample.context[:50]) and episode.context.endswith(sample.context[-50:])
-    whole = baselines.full_context_episode(AgentConfig(), max_context_tokens=10**6, tokenizer=TOK)(
-        sample, [], None
-    )
+    whole = baselines.full_context_episode(AgentConfig(), max_context_tokens=10**6, tokenizer=TOK)(sample, [], None)
     assert not whole.truncated and whole.context == sample.context
     (traj,) = engine(Scripted(gold_or_wrong), baselines.full_context_episode(
         AgentConfig(), max_context_tokens=10**6, tokenizer=TOK)).run([sample])  # fmt: skip
@@ -113,9 +107,7 @@ def test_full_context_needs_exactly_one_budget(kwargs):
 def test_rag_stores_documents_and_retrieves_the_supporting_document(samples):
     cfg = AgentConfig(top_k=4)
     embedder = HashEmbedder(256, char_trigrams=True)
-    eng = RolloutEngine(
-        Scripted(gold_or_wrong), embedder, TokenChunker(TOK, 64, 8), MEM, baselines.rag_episode(cfg)
-    )
+    eng = RolloutEngine(Scripted(gold_or_wrong), embedder, TokenChunker(TOK, 64, 8), MEM, baselines.rag_episode(cfg))
     trajs = eng.run(samples[:3], repeats=2)
     for traj, sample in zip(trajs, [s for s in samples[:3] for _ in range(2)]):
         n = len(sample.questions)

@@ -14,13 +14,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from atom.data.chunker import TokenChunker
 
-HOTPOT = (
-    Path(__file__).resolve().parents[2]
-    / "shared"
-    / "data"
-    / "hotpotqa"
-    / "hotpot_dev_distractor_v1.sample.json"
-)
+HOTPOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "hotpotqa" / "hotpot_dev_distractor_v1.sample.json"
 WORDS = [f"w{i}" for i in range(50)]
 
 
@@ -80,9 +74,7 @@ def test_smollm2_chunks_cover_text_exactly(smollm2, hotpot_text):
     chunker = TokenChunker(smollm2, chunk_tokens=128, overlap=16)
     chunks = check_chunks(chunker, hotpot_text)
     assert len(chunks) > 5
-    assert chunker.count_tokens(hotpot_text) == len(
-        smollm2(hotpot_text, add_special_tokens=False)["input_ids"]
-    )
+    assert chunker.count_tokens(hotpot_text) == len(smollm2(hotpot_text, add_special_tokens=False)["input_ids"])
 
 
 def test_smollm2_text_comes_from_offsets_not_decoding(smollm2):

@@ -16,9 +16,7 @@ from atom.data.synthetic import SyntheticConfig
 
 
 def small(**kw) -> DataConfig:
-    base = dict(
-        num_docs=12, max_questions=3, batch_size=2, synthetic=SyntheticConfig(num_records=40, hops=2, seed=5)
-    )
+    base = dict(num_docs=12, max_questions=3, batch_size=2, synthetic=SyntheticConfig(num_records=40, hops=2, seed=5))
     return DataConfig(**{**base, **kw})
 
 
@@ -84,9 +82,7 @@ def test_dataloaders_yield_lists_of_samples_in_reproducible_order():
     assert sorted(order) == sorted(s.id for s in dm.train_samples)
     assert order != [s.id for s in dm.train_samples]  # shuffled
     again = AtomDataModule(small())
-    assert [
-        s.id for b in again.train_dataloader() for s in b
-    ] == order  # a fresh module (a resumed run) agrees
+    assert [s.id for b in again.train_dataloader() for s in b] == order  # a fresh module (a resumed run) agrees
     assert [s.id for b in dm.val_dataloader() for s in b] == [s.id for s in dm.val_samples]
 
 
@@ -166,8 +162,7 @@ def test_stats_command_on_the_synthetic_task(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cli, "load_tokenizer", lambda _cfg: _Tiny())
     yaml = tmp_path / "c.yaml"
     yaml.write_text(
-        "data:\n  num_docs: 30\n  max_questions: 2\n"
-        "  chunk_tokens: 50\n  chunk_overlap: 10\n  max_chunks: 2\n"
+        "data:\n  num_docs: 30\n  max_questions: 2\n  chunk_tokens: 50\n  chunk_overlap: 10\n  max_chunks: 2\n"
     )
     out = tmp_path / "stats.json"
     result = stats_main([str(yaml), "data.synthetic.num_records=30", "--out", str(out)])

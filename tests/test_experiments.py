@@ -48,7 +48,13 @@ TINY = [
 
 def test_there_are_experiments():
     names = {p.relative_to(ROOT / "experiments").as_posix() for p in YAMLS}
-    assert {"quickstart.yaml", "eval_cpu.yaml", "grpo_hotpotqa.yaml", "grpo_2wiki.yaml", "grpo_musique.yaml"} <= names
+    assert {
+        "quickstart.yaml",
+        "eval_cpu.yaml",
+        "grpo_hotpotqa.yaml",
+        "grpo_2wiki.yaml",
+        "grpo_musique.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.relative_to(ROOT / "experiments").as_posix())

@@ -115,7 +115,10 @@ def test_two_process_cpu_ddp_runs_a_grpo_step(tmp_path):
         "trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
     ]  # fmt: skip
     proc = subprocess.run(
-        [sys.executable, "-m", "atom.fit", str(config), *overrides], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "atom.fit", str(config), *overrides],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MEMBER: 2/2" in proc.stderr + proc.stdout

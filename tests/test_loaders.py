@@ -71,9 +71,7 @@ def test_2wiki_sample(wiki):
 
 def test_2wiki_fact_past_last_sentence_keeps_the_paragraph(wiki):
     record = next(r for r in wiki if r.id == "77f5a3dc0bb011ebab90acde48001122")
-    j = next(
-        i for i, p in enumerate(record.paragraphs) if p.title == "Princess Alexandra of Hanover (born 1999)"
-    )
+    j = next(i for i, p in enumerate(record.paragraphs) if p.title == "Princess Alexandra of Hanover (born 1999)")
     assert len(record.paragraphs[j].sentences) == 1
     assert j in record.supporting
     assert all(p != j for p, _ in record.supporting_sentences)
@@ -226,9 +224,7 @@ def test_missing_key_names_record_and_key(tmp_path):
     del records[3]["question"]
     bad = tmp_path / "nokey.json"
     bad.write_text(json.dumps(records))
-    with pytest.raises(
-        DataError, match=rf"nokey.json: record 3 \(id '{records[3]['_id']}'\): missing key 'question'"
-    ):
+    with pytest.raises(DataError, match=rf"nokey.json: record 3 \(id '{records[3]['_id']}'\): missing key 'question'"):
         load_2wiki(bad)
 
 
@@ -237,9 +233,7 @@ def test_bad_supporting_title_names_record_and_title(tmp_path):
     records[7]["supporting_facts"][0][0] = "No Such Title"
     bad = tmp_path / "title.json"
     bad.write_text(json.dumps(records))
-    with pytest.raises(
-        DataError, match=rf"title.json: record 7 \(id '{records[7]['_id']}'\).*'No Such Title'"
-    ):
+    with pytest.raises(DataError, match=rf"title.json: record 7 \(id '{records[7]['_id']}'\).*'No Such Title'"):
         load_hotpotqa(bad)
 
 
@@ -272,9 +266,7 @@ def test_musique_paragraph_errors_name_the_paragraph(tmp_path):
     rows[1]["paragraphs"][3]["is_supporting"] = "yes"
     bad = tmp_path / "para.jsonl"
     bad.write_text("\n".join(json.dumps(r) for r in rows))
-    with pytest.raises(
-        DataError, match=rf"record 1 \(id '{rows[1]['id']}'\): paragraphs\[3\].*is_supporting"
-    ):
+    with pytest.raises(DataError, match=rf"record 1 \(id '{rows[1]['id']}'\): paragraphs\[3\].*is_supporting"):
         load_musique(bad)
 
 

@@ -12,13 +12,7 @@ from atom.data.loaders import load_hotpotqa
 from atom.data.longcontext import build_samples, document_spans, paragraph_pool, render
 from atom.data.synthetic import SyntheticConfig, generate
 
-HOTPOT = (
-    Path(__file__).resolve().parents[2]
-    / "shared"
-    / "data"
-    / "hotpotqa"
-    / "hotpot_dev_distractor_v1.sample.json"
-)
+HOTPOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "hotpotqa" / "hotpot_dev_distractor_v1.sample.json"
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +38,7 @@ def test_records_grouped_in_file_order(synthetic):
     assert [rid for s in samples for rid in s.record_ids] == [r.id for r in synthetic]
     sizes = [len(s.questions) for s in samples]
     assert min(sizes) == 1 and max(sizes) > 1 and max(sizes) <= 4
-    assert all(
-        len(s.answers) == len(s.questions) == len(s.supporting_docs) == len(s.supporting_facts)
-        for s in samples
-    )
+    assert all(len(s.answers) == len(s.questions) == len(s.supporting_docs) == len(s.supporting_facts) for s in samples)
     assert len({s.id for s in samples}) == len(samples)
     assert all(len(s.questions) == 1 for s in build_samples(synthetic, cfg(single_question_prob=1.0)))
     multi = build_samples(synthetic, cfg(single_question_prob=0.0))
@@ -69,9 +60,7 @@ def test_documents_hold_own_paragraphs_padded_with_pool_distractors(synthetic):
                 record.paragraphs[j].key for j in record.supporting
             )
             facts = [sample.documents[d].sentences[s] for d, s in sample.supporting_facts[q]]
-            assert sorted(facts) == sorted(
-                record.paragraphs[p].sentences[s] for p, s in record.supporting_sentences
-            )
+            assert sorted(facts) == sorted(record.paragraphs[p].sentences[s] for p, s in record.supporting_sentences)
             assert sample.answers[q] == record.answers
 
 
@@ -85,9 +74,7 @@ def test_render_format_and_spans(synthetic):
     sample = build_samples(synthetic, cfg(num_docs=5, single_question_prob=1.0))[0]
     docs = sample.documents
     assert sample.context == render(docs)
-    assert sample.context.startswith(
-        f"Document 1:\n{docs[0].title}\n{docs[0].text}\n\nDocument 2:\n{docs[1].title}\n"
-    )
+    assert sample.context.startswith(f"Document 1:\n{docs[0].title}\n{docs[0].text}\n\nDocument 2:\n{docs[1].title}\n")
     assert sample.context.endswith(f"Document {len(docs)}:\n{docs[-1].title}\n{docs[-1].text}")
     for i, (start, end) in enumerate(document_spans(docs)):
         assert sample.context[start:end] == f"Document {i + 1}:\n{docs[i].title}\n{docs[i].text}"

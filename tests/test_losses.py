@@ -194,12 +194,20 @@ def test_aggregations(aggregation, norm_len, expected):
     loss, m = grpo_loss(lp, old, adv, mask, kl_coef=0.0, aggregation=aggregation, norm_len=norm_len)
     assert loss.item() == approx(expected)
     assert m["pg_loss"].item() == approx(expected)
+
     # a fully masked padding row is not a sequence: it changes no aggregation
     def pad(t, v):
         return torch.cat([t, torch.full((1,) + t.shape[1:], v, dtype=t.dtype)])
 
-    loss_padded, _ = grpo_loss(pad(lp, -1.0), pad(old, -1.0), pad(adv, 7.0), pad(mask, 0), kl_coef=0.0,
-                               aggregation=aggregation, norm_len=norm_len)
+    loss_padded, _ = grpo_loss(
+        pad(lp, -1.0),
+        pad(old, -1.0),
+        pad(adv, 7.0),
+        pad(mask, 0),
+        kl_coef=0.0,
+        aggregation=aggregation,
+        norm_len=norm_len,
+    )
     assert loss_padded.item() == approx(expected)
 
 
@@ -285,8 +293,14 @@ def test_micro_batches_with_global_counts_match_the_whole_batch(aggregation):
     total, summed = 0.0, {}
     for rows in (slice(0, 2), slice(2, 6)):
         micro_loss, micro_metrics = grpo_loss(
-            part[rows], old[rows], adv[rows], mask[rows], ref_logprobs=ref[rows], num_tokens=num_tokens,
-            num_sequences=num_sequences, **kwargs,
+            part[rows],
+            old[rows],
+            adv[rows],
+            mask[rows],
+            ref_logprobs=ref[rows],
+            num_tokens=num_tokens,
+            num_sequences=num_sequences,
+            **kwargs,
         )
         micro_loss.backward()
         total += micro_loss.item()
@@ -311,8 +325,12 @@ def test_masked_positions_contribute_exactly_zero():
     junk[0::2] = float("inf")
     dirty = torch.where(masked, junk, lp).requires_grad_()
     loss_dirty, metrics_dirty = grpo_loss(
-        dirty, torch.where(masked, -junk, old), adv, mask,
-        ref_logprobs=torch.where(masked, 1e4, ref), kl_coef=0.1,
+        dirty,
+        torch.where(masked, -junk, old),
+        adv,
+        mask,
+        ref_logprobs=torch.where(masked, 1e4, ref),
+        kl_coef=0.1,
     )
     loss_dirty.backward()
     assert loss_dirty.item() == loss.item()

@@ -126,9 +126,7 @@ def test_single_metrics_reject_bad_input() -> None:
 
 
 answers = st.one_of(st.none(), st.text(max_size=30), st.sampled_from(["Paris", "the Paris!", "yes", "no"]))
-golds_st = st.lists(
-    st.text(min_size=1, max_size=20) | st.sampled_from(["Paris", "yes"]), min_size=1, max_size=3
-)
+golds_st = st.lists(st.text(min_size=1, max_size=20) | st.sampled_from(["Paris", "yes"]), min_size=1, max_size=3)
 
 
 @settings(max_examples=200, deadline=None)

@@ -66,9 +66,7 @@ def sample_of(documents: list[Paragraph], questions, answers, facts) -> LongCont
     )  # fmt: skip
 
 
-FILLER = [
-    Paragraph(f"Filler {i}", (f"Nothing of note happened in place number {i} that year.",)) for i in range(6)
-]
+FILLER = [Paragraph(f"Filler {i}", (f"Nothing of note happened in place number {i} that year.",)) for i in range(6)]
 
 
 def test_oracle_answers_everything_with_valid_actions_and_stores_every_fact(synthetic):

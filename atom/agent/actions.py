@@ -218,9 +218,7 @@ def parse_actions(text: str, max_text_chars: int = 2000) -> ParseResult:
             if tag.closing or tag.self_closing:
                 i, consumed_to = i + 1, tag.end
                 continue
-            j = next(
-                (k for k in range(i + 1, len(tags)) if tags[k].name == "think" and tags[k].closing), None
-            )
+            j = next((k for k in range(i + 1, len(tags)) if tags[k].name == "think" and tags[k].closing), None)
             if j is None:
                 return result
             i, consumed_to = j + 1, tags[j].end
@@ -293,8 +291,6 @@ def render_action(action: Action) -> str:
         raise ValueError(f"cannot render a {action.kind} with an empty text")
     for tag in _tags(text):
         if tag.name in _STRUCTURAL:
-            raise ValueError(
-                f"cannot render a {action.kind} whose text contains the tag {text[tag.start : tag.end]!r}"
-            )
+            raise ValueError(f"cannot render a {action.kind} whose text contains the tag {text[tag.start : tag.end]!r}")
     attr = f' id="{action.id}"' if action.kind == "update" else ""
     return f"<{action.kind}{attr}>{text}</{action.kind}>"

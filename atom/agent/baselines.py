@@ -79,10 +79,7 @@ def centre_cut_tokens(text: str, tokenizer, max_tokens: int) -> tuple[str, bool]
 
 def support_sentences(sample: LongContextSample) -> list[list[str]]:
     """Normalized gold supporting sentences, per question."""
-    return [
-        [normalize_answer(sample.documents[d].sentences[s]) for d, s in per_q]
-        for per_q in sample.supporting_facts
-    ]
+    return [[normalize_answer(sample.documents[d].sentences[s]) for d, s in per_q] for per_q in sample.supporting_facts]
 
 
 def share_covered(facts: list[list[str]], texts: Sequence[Sequence[str]]) -> float | None:

@@ -51,7 +51,13 @@ class AgentConfig:
     boxed_answers: bool = False  # the paper's stricter match: answers must be \boxed{...}
 
     def __post_init__(self) -> None:
-        for name in ("top_k", "max_llm_calls", "scratchpad_max_chars", "action_max_chars", "memory_max_chars"):
+        for name in (
+            "top_k",
+            "max_llm_calls",
+            "scratchpad_max_chars",
+            "action_max_chars",
+            "memory_max_chars",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"agent.{name} must be > 0, got {getattr(self, name)}")
         if self.answer_reads < 0:

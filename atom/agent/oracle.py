@@ -74,9 +74,7 @@ def sample_facts(sample: LongContextSample) -> tuple[list[_Fact], list[list[int]
     for (title, squashed), (d, s, questions) in sorted(found.items(), key=lambda kv: kv[1][:2]):
         sentence = sample.documents[d].sentences[s].strip()
         facts.append(_Fact(d, title, sentence, squashed, normalize_answer(sentence), tuple(questions)))
-    per_question = [
-        [i for i, f in enumerate(facts) if q in f.questions] for q in range(len(sample.questions))
-    ]
+    per_question = [[i for i, f in enumerate(facts) if q in f.questions] for q in range(len(sample.questions))]
     return facts, per_question
 
 
@@ -288,10 +286,7 @@ class OraclePolicy:
             b = _head_suffix_start(chunk, f.squashed, self.min_chars) if storage else None
             for e in shown if b is not None else []:
                 body = _squash(e.text)
-                if (
-                    body.startswith(f"{f.title}: ")
-                    and _stored_beginning(body, f.squashed, self.min_chars) >= b
-                ):
+                if body.startswith(f"{f.title}: ") and _stored_beginning(body, f.squashed, self.min_chars) >= b:
                     visible.append(i)
                     completes[i] = e
                     break
@@ -342,11 +337,7 @@ class OraclePolicy:
         merged: list[tuple[int, str]] = []
         for title, sentences in groups.items():
             target = targets.get(title)
-            if (
-                target is not None
-                and target.id not in turn.touched
-                and (cfg.allow_update or cfg.allow_delete)
-            ):
+            if target is not None and target.id not in turn.touched and (cfg.allow_update or cfg.allow_delete):
                 text = _merge(target.text, title, sentences, self.min_chars)
                 if len(text) <= cfg.action_max_chars:
                     turn.touched.add(target.id)
@@ -435,9 +426,7 @@ class OraclePolicy:
         shown_norm = [normalize_answer(e.text) for e in shown]
         stored = [normalize_answer(e.text) for e in ep.store.entries()] if cfg.use_storage else []
         needed = [facts[i] for i in per_question[q]]
-        missing = [
-            f for f in needed if not any(f.norm in t for t in shown_norm) and any(f.norm in t for t in stored)
-        ]
+        missing = [f for f in needed if not any(f.norm in t for t in shown_norm) and any(f.norm in t for t in stored)]
         if cfg.use_storage and ep.reads_left > 0 and missing:
             query = self._next_query(ep, facts, per_question, missing)
             if query is not None:

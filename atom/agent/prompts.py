@@ -24,7 +24,7 @@ def system_prompt(ops: Sequence[str]) -> str:
         "and then actions written as tags:",
     ]
     docs = {
-        "create": '<create>fact</create>  store a new memory entry (one self-contained fact)',
+        "create": "<create>fact</create>  store a new memory entry (one self-contained fact)",
         "read": "<read>query</read>  search memory; the results are shown with their ids at the next turn",
         "update": '<update id="7">new text</update>  replace the text of memory 7',
         "delete": '<delete id="7"/>  delete memory 7',

@@ -139,9 +139,7 @@ class RolloutEngine:
             if progress is not None:
                 progress(sum(e.done for e in episodes))
         self.stats.total_s += time.perf_counter() - start
-        return [
-            Trajectory(e.sample.id, i // repeats, t, e.result()) for i, (e, t) in enumerate(zip(episodes, turns))
-        ]
+        return [Trajectory(e.sample.id, i // repeats, t, e.result()) for i, (e, t) in enumerate(zip(episodes, turns))]
 
     def step(self, episodes: list[Episode], turns: list[list[Turn]]) -> None:
         """One lockstep step: one generation call, one document and one query embedding call."""

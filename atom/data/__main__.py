@@ -63,9 +63,7 @@ def split_stats(
         tokens.append(len(tokenized))
         chunks.append(len(windows))
         truncated += len(windows) < chunker.total_windows(len(tokenized))
-        wanted = [
-            len({records[r].paragraphs[j].key for j in records[r].supporting}) for r in sample.record_ids
-        ]
+        wanted = [len({records[r].paragraphs[j].key for j in records[r].supporting}) for r in sample.record_ids]
         all_in = all(len(set(docs)) == n for docs, n in zip(sample.supporting_docs, wanted))
         kept = _merge([tokenized.span(start, end) for _, start, end in windows])
         spans = document_spans(sample.documents)
@@ -128,9 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     d = cfg.data
     chunker = TokenChunker(load_tokenizer(cfg.model), d.chunk_tokens, d.chunk_overlap, d.max_chunks)
     records = {r.id: r for r in data.records}
-    print(
-        f"{d.dataset}: {len(data.records)} records, num_docs={d.num_docs}, tokenizer {cfg.model.name_or_path}"
-    )
+    print(f"{d.dataset}: {len(data.records)} records, num_docs={d.num_docs}, tokenizer {cfg.model.name_or_path}")
     result = {"data": asdict(cfg.data), "tokenizer": cfg.model.name_or_path, "splits": {}}
     for name, samples in splits.items():
         result["splits"][name] = split_stats(samples, records, chunker)

@@ -55,9 +55,7 @@ class TokenChunker:
         if max_chunks < 0:
             raise ValueError(f"max_chunks must be >= 0 (0 = no truncation), got {max_chunks}")
         if not getattr(tokenizer, "is_fast", False):
-            raise ValueError(
-                f"TokenChunker needs a fast tokenizer (character offsets); got {type(tokenizer).__name__}"
-            )
+            raise ValueError(f"TokenChunker needs a fast tokenizer (character offsets); got {type(tokenizer).__name__}")
         self.tokenizer = tokenizer
         self.chunk_tokens, self.overlap, self.max_chunks = chunk_tokens, overlap, max_chunks
 

@@ -38,9 +38,7 @@ class DataConfig:
     chunk_overlap: int = 100  # tokens shared by consecutive chunks
     max_chunks: int = 40  # centre-truncate contexts to this many chunks; 0 = never truncate
     batch_size: int = 1  # samples per batch
-    synthetic: SyntheticConfig = field(
-        default_factory=SyntheticConfig
-    )  # the synthetic task (dataset=synthetic)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # the synthetic task (dataset=synthetic)
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -59,8 +57,7 @@ class DataConfig:
             raise ValueError(f"data.chunk_tokens must be >= 1, got {self.chunk_tokens}")
         if not 0 <= self.chunk_overlap < self.chunk_tokens:
             raise ValueError(
-                f"data.chunk_overlap must be in 0..chunk_tokens - 1 ({self.chunk_tokens - 1}), "
-                f"got {self.chunk_overlap}"
+                f"data.chunk_overlap must be in 0..chunk_tokens - 1 ({self.chunk_tokens - 1}), got {self.chunk_overlap}"
             )
         if self.max_chunks < 0:
             raise ValueError(f"data.max_chunks must be >= 0 (0 = no truncation), got {self.max_chunks}")
@@ -68,9 +65,7 @@ class DataConfig:
             raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
 
 
-def split_records(
-    records: list[QARecord], val_fraction: float, seed: int
-) -> tuple[list[QARecord], list[QARecord]]:
+def split_records(records: list[QARecord], val_fraction: float, seed: int) -> tuple[list[QARecord], list[QARecord]]:
     """(train, validation) by a seeded permutation of ``records``; each part keeps file order."""
     n = len(records)
     n_val = min(n, max(1, round(val_fraction * n))) if val_fraction > 0 and n else 0
@@ -122,9 +117,7 @@ class AtomDataModule(lightning.LightningDataModule):
         if self._ready:  # Lightning calls setup once per stage; the samples must not change between them
             return
         self.records = load_records(self.cfg)
-        self.train_records, self.val_records = split_records(
-            self.records, self.cfg.val_fraction, self.cfg.seed
-        )
+        self.train_records, self.val_records = split_records(self.records, self.cfg.val_fraction, self.cfg.seed)
         pool = paragraph_pool(self.records)
         self.train_samples = build_samples(self.train_records, self.cfg, pool, split="train")
         self.val_samples = build_samples(self.val_records, self.cfg, pool, split="val")
@@ -144,13 +137,9 @@ class AtomDataModule(lightning.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
-        return DataLoader(
-            self.val_samples, batch_size=self.cfg.batch_size, shuffle=False, collate_fn=collate_samples
-        )
+        return DataLoader(self.val_samples, batch_size=self.cfg.batch_size, shuffle=False, collate_fn=collate_samples)
 
-    def transfer_batch_to_device(
-        self, batch: list[LongContextSample], device: torch.device, dataloader_idx: int
-    ):
+    def transfer_batch_to_device(self, batch: list[LongContextSample], device: torch.device, dataloader_idx: int):
         # Samples hold text, not tensors. Lightning's default transfer rebuilds every dataclass field by
         # field, which fails on frozen dataclasses; episodes put their own tensors on the model's device.
         return batch

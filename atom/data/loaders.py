@@ -73,9 +73,7 @@ def _context_pairs(context: Any, where: str) -> list[tuple[str, list[str]]]:
             raise DataError(f"{where}: context.{key} must be a list with one entry per title")
         return [(t, _str_list(s, f"sentences of paragraph {t!r}", where)) for t, s in zip(titles, columns)]
     if not isinstance(context, list):
-        raise DataError(
-            f"{where}: 'context' must be a list of [title, sentences], got {type(context).__name__}"
-        )
+        raise DataError(f"{where}: 'context' must be a list of [title, sentences], got {type(context).__name__}")
     pairs = []
     for j, item in enumerate(context):
         if not (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str)):
@@ -96,9 +94,7 @@ def _fact_pairs(facts: Any, where: str) -> list[tuple[str, int]]:
     for j, item in enumerate(facts):
         ok = isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str)
         if not ok or not isinstance(item[1], int) or isinstance(item[1], bool) or item[1] < 0:
-            raise DataError(
-                f"{where}: supporting_facts[{j}] must be [title, sentence index >= 0], got {item!r}"
-            )
+            raise DataError(f"{where}: supporting_facts[{j}] must be [title, sentence index >= 0], got {item!r}")
         pairs.append((item[0], item[1]))
     return pairs
 
@@ -127,9 +123,7 @@ def hotpot_style_record(raw: Any, dataset: str, where: str) -> QARecord:
     sentences: set[tuple[int, int]] = set()
     for title, s in _fact_pairs(_get(raw, ("supporting_facts",), (list, dict), where), where):
         if title not in first_index:
-            raise DataError(
-                f"{where}: supporting fact title {title!r} is not a context title {list(first_index)}"
-            )
+            raise DataError(f"{where}: supporting fact title {title!r} is not a context title {list(first_index)}")
         p = first_index[title]
         supporting.add(p)
         if s < len(paragraphs[p].sentences):
@@ -193,8 +187,7 @@ def _json_array(path: Path) -> Iterator[tuple[int, Any]]:
     pos = _skip_ws(text, 0)
     if pos >= len(text) or text[pos] != "[":
         raise DataError(
-            f"{path}: expected one JSON array of records (the upstream format), "
-            f"found {text[pos : pos + 20]!r}"
+            f"{path}: expected one JSON array of records (the upstream format), found {text[pos : pos + 20]!r}"
         )
     pos, index = _skip_ws(text, pos + 1), 0
     if text.startswith("]", pos):
@@ -202,9 +195,7 @@ def _json_array(path: Path) -> Iterator[tuple[int, Any]]:
         return
     while True:
         if pos >= len(text):
-            raise DataError(
-                f"{path}: record {index} (id unknown): file ends inside the record array (truncated?)"
-            )
+            raise DataError(f"{path}: record {index} (id unknown): file ends inside the record array (truncated?)")
         try:
             obj, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
@@ -219,8 +210,7 @@ def _json_array(path: Path) -> Iterator[tuple[int, Any]]:
             return
         else:
             raise DataError(
-                f"{path}: record {index} (id unknown): expected ',' or ']' after record {index - 1} "
-                f"(file truncated?)"
+                f"{path}: record {index} (id unknown): expected ',' or ']' after record {index - 1} (file truncated?)"
             )
 
 
@@ -257,12 +247,8 @@ def _jsonl(path: Path) -> Iterator[tuple[int, Any]]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             rid = _partial_id(line[:4096])
-            hint = (
-                " (expected JSONL: one record per line, not a JSON array)" if line.lstrip()[:1] == "[" else ""
-            )
-            raise DataError(
-                f"{path}: record {index} (line {line_no}, id {rid}): not valid JSON{hint}: {exc}"
-            ) from exc
+            hint = " (expected JSONL: one record per line, not a JSON array)" if line.lstrip()[:1] == "[" else ""
+            raise DataError(f"{path}: record {index} (line {line_no}, id {rid}): not valid JSON{hint}: {exc}") from exc
         yield index, obj
         index += 1
 
@@ -297,9 +283,7 @@ def load_musique(path: str | Path, max_records: int = 0) -> list[QARecord]:
 FILE_LOADERS = {"hotpotqa": load_hotpotqa, "2wiki": load_2wiki, "musique": load_musique}
 
 
-def records_from_rows(
-    rows: Iterable[dict], dataset: str, source: str, max_records: int = 0
-) -> list[QARecord]:
+def records_from_rows(rows: Iterable[dict], dataset: str, source: str, max_records: int = 0) -> list[QARecord]:
     """Convert rows of a ``datasets`` hub copy (or any dicts in an upstream or hub layout) into records."""
     if dataset not in FILE_LOADERS:
         raise DataError(f"unknown dataset {dataset!r} for row conversion; valid: {sorted(FILE_LOADERS)}")
@@ -308,9 +292,7 @@ def records_from_rows(
         if max_records and i >= max_records:
             break
         where = _where(source, i, raw)
-        out.append(
-            musique_record(raw, where) if dataset == "musique" else hotpot_style_record(raw, dataset, where)
-        )
+        out.append(musique_record(raw, where) if dataset == "musique" else hotpot_style_record(raw, dataset, where))
     return out
 
 
@@ -344,9 +326,7 @@ def load_records(cfg: DataConfig) -> list[QARecord]:
 
         rows = datasets.load_dataset(cfg.path, cfg.hub_config or None, split=cfg.hub_split)
     except Exception as exc:  # network, missing split, unknown id: all end here, with the cause attached
-        raise DataError(
-            f"data.path={cfg.path!r} is not a local file and loading it as {source} failed: {exc}"
-        ) from exc
+        raise DataError(f"data.path={cfg.path!r} is not a local file and loading it as {source} failed: {exc}") from exc
     if cfg.max_records:
         rows = rows.select(range(min(cfg.max_records, len(rows))))
     return records_from_rows(rows, cfg.dataset, source)

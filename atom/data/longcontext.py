@@ -45,12 +45,8 @@ class LongContextSample:
     answers: tuple[tuple[str, ...], ...]  # gold answer and aliases, per question
     record_ids: tuple[str, ...]  # source record of each question
     documents: tuple[Paragraph, ...]  # in rendered order
-    supporting_docs: tuple[
-        tuple[int, ...], ...
-    ]  # per question: indices into documents of its supporting paragraphs
-    supporting_facts: tuple[
-        tuple[tuple[int, int], ...], ...
-    ]  # per question: (document index, sentence index)
+    supporting_docs: tuple[tuple[int, ...], ...]  # per question: indices into documents of its supporting paragraphs
+    supporting_facts: tuple[tuple[tuple[int, int], ...], ...]  # per question: (document index, sentence index)
     context: str  # render(documents)
 
 

@@ -48,9 +48,7 @@ class QARecord:
     answers: tuple[str, ...]  # gold answer first, then aliases, de-duplicated
     paragraphs: tuple[Paragraph, ...]
     supporting: tuple[int, ...]  # indices into paragraphs of the supporting paragraphs, ascending
-    supporting_sentences: tuple[
-        tuple[int, int], ...
-    ]  # (paragraph index, sentence index) gold facts, ascending
+    supporting_sentences: tuple[tuple[int, int], ...]  # (paragraph index, sentence index) gold facts, ascending
     dataset: str  # one of DATASETS
 
     def __post_init__(self) -> None:
@@ -59,16 +57,12 @@ class QARecord:
             raise ValueError(f"record {self.id!r}: answers is empty")
         n = len(self.paragraphs)
         if any(not 0 <= i < n for i in self.supporting):
-            raise ValueError(
-                f"record {self.id!r}: supporting index out of range 0..{n - 1}: {self.supporting}"
-            )
+            raise ValueError(f"record {self.id!r}: supporting index out of range 0..{n - 1}: {self.supporting}")
         for p, s in self.supporting_sentences:
             if not 0 <= p < n or not 0 <= s < len(self.paragraphs[p].sentences):
                 raise ValueError(f"record {self.id!r}: supporting sentence ({p}, {s}) does not exist")
         if self.dataset not in DATASETS:
-            raise ValueError(
-                f"record {self.id!r}: dataset must be one of {list(DATASETS)}, got {self.dataset!r}"
-            )
+            raise ValueError(f"record {self.id!r}: dataset must be one of {list(DATASETS)}, got {self.dataset!r}")
 
 
 def dedupe(items: list[str] | tuple[str, ...]) -> tuple[str, ...]:

@@ -46,9 +46,7 @@ _RELATIONS = (
     _Relation("born_in", "person", "city", "{s} was born in {o}.", "the birthplace of {s}"),
     _Relation("works_for", "person", "company", "{s} works for {o}.", "the employer of {s}"),
     _Relation("founded_by", "company", "person", "{s} was founded by {o}.", "the founder of {s}"),
-    _Relation(
-        "headquartered_in", "company", "city", "{s} is headquartered in {o}.", "the headquarters city of {s}"
-    ),
+    _Relation("headquartered_in", "company", "city", "{s} is headquartered in {o}.", "the headquarters city of {s}"),
     _Relation("located_in", "city", "country", "{s} lies in {o}.", "the country of {s}"),
     _Relation("capital", "country", "city", "The capital of {s} is {o}.", "the capital of {s}"),
 )
@@ -106,8 +104,7 @@ class _World:
         # Names are unique across every entity type, so an answer never names two things.
         while True:
             syllables = [
-                rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)
-                for _ in range(2 - bool(suffix))
+                rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(2 - bool(suffix))
             ]
             word = ("".join(syllables) + suffix).capitalize()
             if word not in self._used:
@@ -120,9 +117,7 @@ class _World:
     def paragraph(self, kind: str, i: int) -> Paragraph:
         name = self.names[kind][i]
         facts = self.facts[(kind, i)]
-        sentences = [
-            r.fact.format(s=name, o=self.names[r.object][facts[r.name]]) for r in self.relations(kind)
-        ]
+        sentences = [r.fact.format(s=name, o=self.names[r.object][facts[r.name]]) for r in self.relations(kind)]
         # later sentences carry their separating space (the Paragraph convention)
         return Paragraph(name, tuple(s if i == 0 else " " + s for i, s in enumerate(sentences)))
 
@@ -172,14 +167,10 @@ def generate(cfg: SyntheticConfig) -> list[QARecord]:
         taken = set(gold)
         distractors = []
         for d in range(cfg.distractors):
-            kind = gold[d % len(gold)][
-                0
-            ]  # same types as the chain, so titles alone do not give the answer away
+            kind = gold[d % len(gold)][0]  # same types as the chain, so titles alone do not give the answer away
             candidates = [(kind, j) for j in range(len(world.names[kind])) if (kind, j) not in taken]
             if not candidates:  # a small type (countries) ran out: fall back to any unused entity
-                candidates = [
-                    (k, j) for k in _TYPES for j in range(len(world.names[k])) if (k, j) not in taken
-                ]
+                candidates = [(k, j) for k in _TYPES for j in range(len(world.names[k])) if (k, j) not in taken]
             pick = rng.choice(candidates)
             taken.add(pick)
             distractors.append(pick)

@@ -91,16 +91,9 @@ def evaluate(
         engine = RolloutEngine(
             policy, embedder, chunker, memory_cfg, episode_factory(method, agent, ecfg, budget, tokenizer)
         )
-        bar = tqdm(total=len(samples), desc=f"eval {method}", disable=not progress, leave=False)
-        done = [0]
-
-        def tick(n: int) -> None:
-            bar.update(n - done[0])
-            done[0] = n
-
         start = time.perf_counter()
-        trajs = engine.run(samples, progress=tick)
-        bar.close()
+        with tqdm(total=len(samples), desc=f"eval {method}", disable=not progress, leave=False) as bar:
+            trajs = engine.run(samples, progress=lambda n, bar=bar: bar.update(n - bar.n))
         rows[method] = summarize(trajs, time.perf_counter() - start)
         trajectories[method] = trajs
         log.info("%s: EM %.1f F1 %.1f", method, rows[method]["em"], rows[method]["f1"])

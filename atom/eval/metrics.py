@@ -65,9 +65,7 @@ def extract_boxed(text: str | None) -> str | None:
 
 def _check_golds(golds: Sequence[str], where: str) -> None:
     if isinstance(golds, str):
-        raise ValueError(
-            f"{where} must be a sequence of gold aliases, not a str ({golds!r}); wrap it in a list"
-        )
+        raise ValueError(f"{where} must be a sequence of gold aliases, not a str ({golds!r}); wrap it in a list")
     if len(golds) == 0:
         raise ValueError(f"{where} is empty: a question needs at least one gold answer")
     for alias in golds:
@@ -144,8 +142,7 @@ def score_questions(
         raise ValueError("predictions and golds must be sequences with one entry per question, not a str")
     if len(predictions) != len(golds):
         raise ValueError(
-            f"predictions has {len(predictions)} entries but golds has {len(golds)}: "
-            "need one prediction per question"
+            f"predictions has {len(predictions)} entries but golds has {len(golds)}: need one prediction per question"
         )
     if len(golds) == 0:
         raise ValueError("score_questions needs at least one question")

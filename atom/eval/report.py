@@ -29,7 +29,9 @@ def summarize(trajectories: Sequence[Trajectory], wall_s: float) -> dict:
         "reward": _mean([r.reward for r in results]),
         "ops_per_episode": {k: _mean([s.ops[k] for s in stats]) for k in sorted({k for s in stats for k in s.ops})},
         "invalid_per_episode": _mean([sum(s.invalid.values()) for s in stats]),
-        "invalid_by_kind": {k: _mean([s.invalid[k] for s in stats]) for k in sorted({k for s in stats for k in s.invalid})},
+        "invalid_by_kind": {
+            k: _mean([s.invalid[k] for s in stats]) for k in sorted({k for s in stats for k in s.invalid})
+        },
         "mean_store_size": _mean([_mean(s.store_sizes) for s in stats if s.store_sizes]),
         "llm_calls_per_episode": _mean([s.llm_calls for s in stats]),
         "prompt_tokens_per_episode": _mean([s.prompt_tokens for s in stats]),

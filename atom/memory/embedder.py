@@ -132,9 +132,7 @@ class SentenceEmbedder:
             raise ValueError(f"SentenceEmbedder batch_size must be >= 1, got {batch_size}")
         self.name_or_path = name_or_path
         self.batch_size = batch_size
-        self.model = SentenceTransformer(
-            name_or_path, device=resolve_device(device), local_files_only=local_files_only
-        )
+        self.model = SentenceTransformer(name_or_path, device=resolve_device(device), local_files_only=local_files_only)
         # Newer sentence-transformers name it get_embedding_dimension; older ones only have the long name.
         get_dim = getattr(self.model, "get_embedding_dimension", None)
         self.dim = int((get_dim or self.model.get_sentence_embedding_dimension)())
@@ -192,9 +190,7 @@ def build_embedder(cfg: MemoryConfig) -> Embedder:
         path = embedded_minilm_path()
         # Only for the embedded copy: nothing needs the hub, and an unset offline flag would try to reach it.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        return SentenceEmbedder(
-            str(path), cfg.device, cfg.embed_batch_size, cfg.query_prefix, local_files_only=True
-        )
+        return SentenceEmbedder(str(path), cfg.device, cfg.embed_batch_size, cfg.query_prefix, local_files_only=True)
     name = cfg.embedder
     if _looks_like_path(name):
         path = Path(name).expanduser()

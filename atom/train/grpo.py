@@ -37,7 +37,14 @@ from atom.agent.hf_policy import HFPolicy, SamplingConfig
 from atom.agent.rollout import RolloutEngine, Trajectory
 from atom.data.longcontext import LongContextSample
 from atom.eval.report import summarize
-from atom.train.losses import AGGREGATIONS, STD_SCALES, entropy_from_logits, group_advantages, grpo_loss, zero_std_groups
+from atom.train.losses import (
+    AGGREGATIONS,
+    STD_SCALES,
+    entropy_from_logits,
+    group_advantages,
+    grpo_loss,
+    zero_std_groups,
+)
 
 
 @dataclass
@@ -283,9 +290,13 @@ class GRPOModule(L.LightningModule):
             if float(global_tokens) == 0:
                 continue
             opt.zero_grad()
-            micros = [[seqs[i] for i in mb[j : j + cfg.micro_batch_size]] for j in range(0, len(mb), cfg.micro_batch_size)]
+            micros = [
+                [seqs[i] for i in mb[j : j + cfg.micro_batch_size]] for j in range(0, len(mb), cfg.micro_batch_size)
+            ]
             # Sharded strategies reduce gradients inside every backward: all ranks must run as many backwards.
-            n_micro = int(self.trainer.strategy.reduce(torch.tensor(float(len(micros)), device=self.device), reduce_op="max"))
+            n_micro = int(
+                self.trainer.strategy.reduce(torch.tensor(float(len(micros)), device=self.device), reduce_op="max")
+            )
             for k in range(n_micro):
                 micro, weight = (micros[k], 1.0) if k < len(micros) else (micros[0] if micros else [], 0.0)
                 step_metrics = self._micro_step(micro, float(global_tokens), float(global_seqs), weight)
@@ -310,7 +321,9 @@ class GRPOModule(L.LightningModule):
         """DDP: average gradients over ranks by hand, once per optimizer step (see ``on_train_start``)."""
         if not isinstance(self.trainer.model, torch.nn.parallel.DistributedDataParallel):
             return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.model.parameters() if p.requires_grad]
+        grads = [
+            p.grad if p.grad is not None else torch.zeros_like(p) for p in self.model.parameters() if p.requires_grad
+        ]
         flat = torch.cat([g.reshape(-1) for g in grads])
         torch.distributed.all_reduce(flat)
         flat /= self.trainer.world_size
@@ -325,6 +338,7 @@ class GRPOModule(L.LightningModule):
         # reducer, so automatic gradient sync is switched off and _all_reduce_grads averages before each step.
         if isinstance(self.trainer.model, torch.nn.parallel.DistributedDataParallel):
             self.trainer.model.require_backward_grad_sync = False
+        self.model.train()  # from_pretrained returns eval mode; the frozen reference stays in eval mode
 
     def _micro_step(self, micro: list[Sequence_], num_tokens: float, num_seqs: float, weight: float = 1.0):
         """Forward/backward of one micro-batch; ``weight`` 0 runs a no-op backward that keeps ranks in step."""

@@ -105,16 +105,12 @@ def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     ``d`` is clamped to [-20, 20] so a diverged token cannot overflow (exact inside that range).
     """
     if logprobs.shape != ref_logprobs.shape:
-        raise ValueError(
-            f"kl_k3: shapes differ: logprobs {tuple(logprobs.shape)}, ref {tuple(ref_logprobs.shape)}"
-        )
+        raise ValueError(f"kl_k3: shapes differ: logprobs {tuple(logprobs.shape)}, ref {tuple(ref_logprobs.shape)}")
     d = (ref_logprobs - logprobs).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
     return torch.exp(d) - d - 1.0
 
 
-def masked_mean(
-    x: Tensor, mask: Tensor, denom: float | Tensor | None = None, dim: int | None = None
-) -> Tensor:
+def masked_mean(x: Tensor, mask: Tensor, denom: float | Tensor | None = None, dim: int | None = None) -> Tensor:
     """Sum of ``x`` where ``mask`` is nonzero, divided by ``denom`` (default: the mask count, at least 1).
 
     Masked entries are dropped with ``torch.where``: nan/inf there reach neither the result nor its gradient.
@@ -156,13 +152,9 @@ def _check_loss_inputs(
         raise ValueError(f"logprobs must be (B, T), got shape {tuple(logprobs.shape)}")
     for name, t in (("old_logprobs", old_logprobs), ("mask", mask), ("ref_logprobs", ref_logprobs)):
         if t is not None and t.shape != logprobs.shape:
-            raise ValueError(
-                f"{name} must have the shape of logprobs {tuple(logprobs.shape)}, got {tuple(t.shape)}"
-            )
+            raise ValueError(f"{name} must have the shape of logprobs {tuple(logprobs.shape)}, got {tuple(t.shape)}")
     if advantages.shape != logprobs.shape[:1]:
-        raise ValueError(
-            f"advantages must be (B,) = ({logprobs.shape[0]},), got shape {tuple(advantages.shape)}"
-        )
+        raise ValueError(f"advantages must be (B,) = ({logprobs.shape[0]},), got shape {tuple(advantages.shape)}")
     if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
         raise ValueError("mask must hold only 0 and 1 (1 = model-generated token that enters the loss)")
     if not 0.0 <= clip_low < 1.0:
@@ -222,8 +214,16 @@ def grpo_loss(
         divided by ``num_tokens`` when given, so they too sum over micro-batches to the whole-batch value.
     """
     _check_loss_inputs(
-        logprobs, old_logprobs, advantages, mask, ref_logprobs,
-        clip_low, clip_high, dual_clip, kl_coef, aggregation,
+        logprobs,
+        old_logprobs,
+        advantages,
+        mask,
+        ref_logprobs,
+        clip_low,
+        clip_high,
+        dual_clip,
+        kl_coef,
+        aggregation,
     )
     if norm_len is not None and norm_len <= 0:
         raise ValueError(f"norm_len must be > 0, got {norm_len}")

@@ -183,9 +183,7 @@ def load_model(cfg: ModelConfig, seed: int = 0):
                 load_tokenizer(cfg)  # the tokenizer sits beside the weights in the cache
             model = AutoModelForCausalLM.from_pretrained(cached, **kwargs)
         else:
-            model = AutoModelForCausalLM.from_pretrained(
-                source, trust_remote_code=cfg.trust_remote_code, **kwargs
-            )
+            model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=cfg.trust_remote_code, **kwargs)
     if cfg.quantization != "none":
         from peft import prepare_model_for_kbit_training
 

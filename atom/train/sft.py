@@ -47,7 +47,12 @@ class SFTConfig:
 def demos_from_trajectories(trajectories: Sequence[Trajectory], min_reward: float) -> list[dict]:
     """One demonstration per turn of every trajectory whose reward >= ``min_reward``."""
     return [
-        {"messages": turn.messages, "completion": turn.reply.text, "reward": t.reward, "sample_id": t.sample_id}
+        {
+            "messages": turn.messages,
+            "completion": turn.reply.text,
+            "reward": t.reward,
+            "sample_id": t.sample_id,
+        }
         for t in trajectories
         if t.reward >= min_reward
         for turn in t.turns
@@ -120,6 +125,9 @@ class SFTModule(L.LightningModule):
         super().__init__()
         self.model, self.cfg = model, cfg
 
+    def on_train_start(self) -> None:
+        self.model.train()  # from_pretrained returns eval mode, which Lightning now preserves
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = sft_loss(logits, batch["labels"])
@@ -143,4 +151,3 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(
         shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE
     )
-
