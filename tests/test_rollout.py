@@ -155,3 +155,17 @@ def test_seeded_model_rollouts_repeat(tiny, samples):
     first = run()
     assert first == run()
     assert first[0] != first[1]  # the two members of a group sample differently
+
+
+def test_html_viewer_escapes_model_text(tiny, samples, tmp_path):
+    from atom.eval.viewer import write_viewer
+
+    class Hostile:
+        def act(self, episodes, messages):
+            return [Reply("<script>alert(1)</script><answer><b>x</b></answer>") for _ in episodes]
+
+    _, tok = tiny
+    trajs = _engine(Hostile(), HashEmbedder(64), tok).run(samples[:1])
+    page = write_viewer(tmp_path / "t.html", {"atommem": trajs}, samples).read_text()
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert samples[0].questions[0].split()[0] in page and "reward 0.00" in page

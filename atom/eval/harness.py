@@ -21,6 +21,7 @@ from atom.agent.rollout import RolloutEngine, Trajectory, atommem_episode
 from atom.data.chunker import TokenChunker
 from atom.data.longcontext import LongContextSample
 from atom.eval.report import markdown_table, summarize, write_results
+from atom.eval.viewer import write_viewer
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ def evaluate(
         log.info("%s: EM %.1f F1 %.1f", method, rows[method]["em"], rows[method]["f1"])
     if out_dir is not None:
         write_results(out_dir, rows, trajectories, {"samples": len(samples), "methods": list(methods)})
+        write_viewer(Path(out_dir) / "trajectories.html", trajectories, samples)
     return rows, trajectories
 
 
