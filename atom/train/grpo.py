@@ -24,6 +24,7 @@ Objective, per rollout step (each symbol -> ``GRPOConfig`` field):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import time
@@ -220,6 +221,17 @@ class GRPOModule(L.LightningModule):
     def _policy(self, sampling: SamplingConfig) -> HFPolicy:
         return HFPolicy(self.model, self.tokenizer, sampling, self.max_prompt_tokens)
 
+    def _gathered_params(self):
+        """FSDP: gather full parameters once around a rollout, so ``generate`` (whose number of forward calls
+        differs between ranks) issues no collectives. Other strategies: nothing to do."""
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if isinstance(self.trainer.strategy, FSDPStrategy):
+            from torch.distributed.fsdp import FullyShardedDataParallel
+
+            return FullyShardedDataParallel.summon_full_params(self.trainer.model, writeback=False)
+        return contextlib.nullcontext()
+
     def _rank_share(self, samples: list[LongContextSample]) -> list[LongContextSample]:
         return samples[self.global_rank :: self.trainer.world_size] if self.trainer.world_size > 1 else samples
 
@@ -229,7 +241,8 @@ class GRPOModule(L.LightningModule):
         sampling = dataclasses.replace(self.sampling, seed=self.seed + 7919 * self.rollout_step + self.global_rank)
         engine = self.make_engine(self._policy(sampling))
         t0 = time.perf_counter()
-        trajectories = engine.run(samples, repeats=cfg.group_size)
+        with self._gathered_params():
+            trajectories = engine.run(samples, repeats=cfg.group_size)
         rollout_s = time.perf_counter() - t0
 
         rewards = torch.tensor([t.reward for t in trajectories], dtype=torch.float)
@@ -377,7 +390,8 @@ class GRPOModule(L.LightningModule):
         if not self.val_samples:
             return {}
         engine = self.make_engine(self._policy(dataclasses.replace(self.sampling, temperature=0.0)))
-        summary = summarize(engine.run(self._rank_share(self.val_samples)), 0.0)
+        with self._gathered_params():
+            summary = summarize(engine.run(self._rank_share(self.val_samples)), 0.0)
         out = {"val/em": summary["em"], "val/f1": summary["f1"]}
         self.log_dict(out, on_step=True, batch_size=1, sync_dist=self.trainer.world_size > 1)
         return out
