@@ -9,7 +9,7 @@ from atom.agent.hf_policy import HFPolicy, SamplingConfig
 from atom.agent.rollout import Trajectory
 from atom.config import load_config
 from atom.fit import Pipeline, run_grpo
-from atom.train.grpo import PromptSchedule, Sequence_, pad_batch, token_logprobs
+from atom.train.grpo import PromptSchedule, TurnSequence, pad_batch, token_logprobs
 
 TINY = [
     "model.name_or_path=tiny",
@@ -50,7 +50,7 @@ def test_padded_batch_aligns_old_logprobs_and_mask_with_the_model(tmp_path):
     msgs = [[{"role": "user", "content": "short"}], [{"role": "user", "content": "a longer prompt " * 8}]]
     replies = policy.act([None, None], msgs)
     seqs = [
-        Sequence_(torch.cat([r.prompt_ids, r.completion_ids]),
+        TurnSequence(torch.cat([r.prompt_ids, r.completion_ids]),
                   torch.cat([torch.zeros(len(r.prompt_ids)), torch.ones(len(r.completion_ids))]).bool(),
                   r.logprobs, 1.0)
         for r in replies

@@ -102,7 +102,7 @@ class PromptSchedule:
 
 
 @dataclass
-class Sequence_:
+class TurnSequence:
     """One training sequence (a turn) with its trajectory's advantage."""
 
     input_ids: torch.Tensor  # (L,) prompt + completion
@@ -111,7 +111,7 @@ class Sequence_:
     advantage: float
 
 
-def turn_sequences(trajectories: Sequence[Trajectory], advantages: torch.Tensor, keep: torch.Tensor) -> list[Sequence_]:
+def turn_sequences(trajectories: Sequence[Trajectory], advantages: torch.Tensor, keep: torch.Tensor) -> list[TurnSequence]:
     """Every turn of every kept trajectory, carrying that trajectory's advantage."""
     out = []
     for traj, adv, k in zip(trajectories, advantages.tolist(), keep.tolist()):
@@ -120,11 +120,11 @@ def turn_sequences(trajectories: Sequence[Trajectory], advantages: torch.Tensor,
         for turn in traj.turns:
             if turn.reply.completion_ids is None or len(turn.reply.completion_ids) == 0:
                 continue
-            out.append(Sequence_(turn.input_ids, turn.mask, turn.reply.logprobs, adv))
+            out.append(TurnSequence(turn.input_ids, turn.mask, turn.reply.logprobs, adv))
     return out
 
 
-def pad_batch(seqs: Sequence[Sequence_], pad_id: int) -> dict[str, torch.Tensor]:
+def pad_batch(seqs: Sequence[TurnSequence], pad_id: int) -> dict[str, torch.Tensor]:
     """Left-padded tensors whose loss positions all lie in the last ``keep`` tokens.
 
     A turn's generated tokens are at the end of its sequence, so with left padding only the last ``keep`` =
@@ -283,7 +283,7 @@ class GRPOModule(L.LightningModule):
         if cfg.val_every and self.rollout_step % cfg.val_every == 0:
             self.validate_greedy()
 
-    def _update(self, seqs: list[Sequence_]) -> dict[str, float]:
+    def _update(self, seqs: list[TurnSequence]) -> dict[str, float]:
         """``updates_per_batch`` optimizer steps over the rollout batch; returns mean metrics."""
         cfg = self.cfg
         opt = self.optimizers()
@@ -353,7 +353,7 @@ class GRPOModule(L.LightningModule):
             self.trainer.model.require_backward_grad_sync = False
         self.model.train()  # from_pretrained returns eval mode; the frozen reference stays in eval mode
 
-    def _micro_step(self, micro: list[Sequence_], num_tokens: float, num_seqs: float, weight: float = 1.0):
+    def _micro_step(self, micro: list[TurnSequence], num_tokens: float, num_seqs: float, weight: float = 1.0):
         """Forward/backward of one micro-batch; ``weight`` 0 runs a no-op backward that keeps ranks in step."""
         cfg = self.cfg
         if not micro:
