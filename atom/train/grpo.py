@@ -111,7 +111,9 @@ class TurnSequence:
     advantage: float
 
 
-def turn_sequences(trajectories: Sequence[Trajectory], advantages: torch.Tensor, keep: torch.Tensor) -> list[TurnSequence]:
+def turn_sequences(
+    trajectories: Sequence[Trajectory], advantages: torch.Tensor, keep: torch.Tensor
+) -> list[TurnSequence]:
     """Every turn of every kept trajectory, carrying that trajectory's advantage."""
     out = []
     for traj, adv, k in zip(trajectories, advantages.tolist(), keep.tolist()):
