@@ -3,8 +3,9 @@
 Every piece is built here, explicitly, from the config: samples (AtomDataModule), tokenizer and policy
 (``load_model``), embedder, chunker, the rollout engine, then the stage's LightningModule and Trainer. The run
 directory ``<run.out_dir>/<run.name>/`` holds ``config.yaml`` (resolved), ``tb/<stage>/`` (TensorBoard),
-``checkpoints/<stage>/last.ckpt``, ``policy/`` (the trained model, loadable by transformers and atom.evaluate)
-and ``eval/results.{json,md}``. Running the same command again resumes each stage from its last checkpoint.
+``checkpoints/<stage>/last.ckpt``, ``policy/`` (the trained model, loadable by transformers and atom.evaluate),
+``eval/<tag>/`` for each evaluation (``before``, ``after_sft``, ``after_sft_grpo``, ...) and ``results.{json,md}``, the
+table of every evaluation of the run. Running the same command again resumes each stage from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import logging
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
@@ -29,7 +29,7 @@ from atom.eval.harness import evaluate, markdown_table
 from atom.memory.embedder import build_embedder
 from atom.train.grpo import GRPOModule
 from atom.train.models import context_window, load_model, load_tokenizer
-from atom.train.sft import DemoDataset, SFTModule, collate, demos_from_trajectories, read_demos
+from atom.train.sft import DemoDataModule, SFTModule, demos_from_trajectories, read_demos
 from atom.train.trainer import build_trainer, resume_path
 
 log = logging.getLogger("atom.fit")
@@ -68,17 +68,12 @@ def run_sft(p: Pipeline) -> None:
     if not demos:
         raise ValueError("SFT: no demonstration passed sft.min_reward; lower it or collect better trajectories")
     log.info("SFT on %d turns", len(demos))
-    dataset = DemoDataset(demos, p.tokenizer, min(cfg.sft.max_tokens, p.window))
-    loader = DataLoader(
-        dataset, batch_size=cfg.sft.batch_size, shuffle=True, num_workers=0,
-        generator=torch.Generator().manual_seed(cfg.run.seed),
-        collate_fn=lambda b: collate(b, p.tokenizer.pad_token_id),
-    )  # fmt: skip
+    data = DemoDataModule(demos, p.tokenizer, min(cfg.sft.max_tokens, p.window), cfg.sft.batch_size, cfg.run.seed)
     trainer = build_trainer(
         cfg.trainer, p.run_dir, "sft", every_n_epochs=1, max_epochs=cfg.sft.epochs,
         accumulate_grad_batches=cfg.sft.accumulate, gradient_clip_val=cfg.sft.grad_clip or None,
     )  # fmt: skip
-    trainer.fit(SFTModule(p.model, cfg.sft), loader, ckpt_path=resume_path(cfg.trainer, p.run_dir, "sft"),
+    trainer.fit(SFTModule(p.model, cfg.sft), datamodule=data, ckpt_path=resume_path(cfg.trainer, p.run_dir, "sft"),
                 weights_only=True)  # fmt: skip
 
 
@@ -132,25 +127,33 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def fit(cfg: Config) -> dict:
+    """Run ``cfg.run.stages`` in order. ``eval`` may appear more than once (e.g. ``[sft, eval, grpo, eval]``); each
+    evaluation is labelled by the training stages run before it: ``(before)``, ``(after sft)``, ``(after sft+grpo)``,
+    or no label when the run trains nothing."""
     p = Pipeline(cfg)
     save_config(cfg, p.run_dir)
     table: dict[str, dict] = {}
-    trained = any(s in cfg.run.stages for s in ("sft", "grpo"))
-    if cfg.eval.before_training and "eval" in cfg.run.stages and trained:
+    trains = any(s in cfg.run.stages for s in ("sft", "grpo"))
+    if cfg.eval.before_training and "eval" in cfg.run.stages and trains:
         table.update({f"{m} (before)": r for m, r in run_eval(p, "before").items()})
+    done: list[str] = []
     for stage in cfg.run.stages:
         if stage == "sft":
             run_sft(p)
+            done.append(stage)
         elif stage == "grpo":
             run_grpo(p)
+            done.append(stage)
         elif rank_zero_only.rank != 0:
             continue  # evaluation runs once, on global rank zero, after multi-process training
         elif stage == "eval":
-            suffix = " (after)" if trained else ""
-            table.update({f"{m}{suffix}": r for m, r in run_eval(p, "after" if trained else "final").items()})
+            label, tag = (f" (after {'+'.join(done)})", "after_" + "_".join(done)) if done else ("", "final")
+            if trains and not done:
+                label, tag = " (before)", "before"
+            table.update({f"{m}{label}": r for m, r in run_eval(p, tag).items()})
     if rank_zero_only.rank != 0:
         return table
-    if trained:
+    if trains:
         log.info("policy saved to %s", save_policy(p))
     if table:
         (p.run_dir / "results.json").write_text(json.dumps(table, indent=2))

@@ -82,3 +82,15 @@ def test_yaml_smoke_runs_with_a_tiny_overlay(path, tmp_path, monkeypatch):
         if "eval" in cfg.run.stages:
             assert table and all(0.0 <= r["em"] <= 100.0 for r in table.values())
     assert (cfg.run.dir / "config.yaml").is_file() or (cfg.run.dir / "eval" / "config.yaml").is_file()
+
+
+def test_an_evaluation_after_each_stage_is_labelled_by_what_was_trained(tmp_path):
+    cfg = load_config(
+        ROOT / "experiments" / "quickstart.yaml",
+        TINY + [f"run.out_dir={tmp_path}", "run.stages=[sft,eval,grpo,eval]", "eval.before_training=true"],
+    )
+    table = fit(cfg)
+    assert list(table) == ["atommem (before)", "atommem (after sft)", "atommem (after sft+grpo)"]
+    for tag in ("before", "after_sft", "after_sft_grpo"):
+        assert (cfg.run.dir / "eval" / tag / "results.json").is_file()
+    assert "(after sft+grpo)" in (cfg.run.dir / "results.md").read_text()

@@ -12,14 +12,16 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from atom.agent.hf_policy import centre_truncate, encode_prompt
 from atom.agent.rollout import Trajectory
+from atom.data.datamodule import EpochShuffler
 
 IGNORE = -100
 
@@ -116,6 +118,31 @@ def collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[s
         labels[row, : len(lab)] = torch.tensor(lab)
         attention[row, : len(ids)] = 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+class DemoDataModule(L.LightningDataModule):
+    """Tokenized demonstrations for ``SFTModule``, in a permutation drawn from ``seed + epoch``.
+
+    The order of epoch k depends only on the seed and k, so a run resumed from an epoch checkpoint sees the same
+    batches as one that ran straight through.
+    """
+
+    def __init__(self, demos: Sequence[dict], tokenizer, max_tokens: int, batch_size: int, seed: int):
+        super().__init__()
+        self.demos, self.tokenizer, self.max_tokens = demos, tokenizer, max_tokens
+        self.batch_size, self.seed = batch_size, seed
+        self.dataset: DemoDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is None:
+            self.dataset = DemoDataset(self.demos, self.tokenizer, self.max_tokens)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(
+            self.dataset, batch_size=self.batch_size, sampler=EpochShuffler(len(self.dataset), self.seed),
+            collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id),
+        )  # fmt: skip
 
 
 class SFTModule(L.LightningModule):
