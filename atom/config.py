@@ -43,7 +43,7 @@ class RunConfig:
     name: str = "atom"  # run name; the run directory is <out_dir>/<name>
     out_dir: str = "runs"  # parent folder of run directories
     seed: int = 0  # global seed (torch, numpy, python) for everything not seeded by its own config
-    stages: list[str] = field(default_factory=lambda: ["eval"])  # stages atom.fit runs, in order: sft, grpo, eval
+    stages: list[str] = field(default_factory=lambda: ["eval"])  # atom.fit runs, in order: sft, grpo, eval (repeatable)
 
     def __post_init__(self) -> None:
         bad = [s for s in self.stages if s not in STAGES]
