@@ -12,16 +12,10 @@ from __future__ import annotations
 import argparse
 import logging
 
-import lightning as L
-
 from atom.agent.hf_policy import HFPolicy
 from atom.agent.oracle import OraclePolicy
-from atom.agent.rollout import RolloutEngine, atommem_episode
 from atom.config import load_config
-from atom.data.chunker import TokenChunker
-from atom.data.datamodule import AtomDataModule
-from atom.memory.embedder import build_embedder
-from atom.train.models import context_window, load_model, load_tokenizer
+from atom.fit import Pipeline
 from atom.train.sft import write_trajectories
 
 
@@ -36,20 +30,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
-    L.seed_everything(cfg.run.seed, verbose=False)
-    data = AtomDataModule(cfg.data)
-    data.setup()
-    samples = data.train_samples if args.split == "train" else data.val_samples
-    tokenizer = load_tokenizer(cfg.model)
+    p = Pipeline(cfg, with_model=args.policy == "model")
+    samples = p.data.train_samples if args.split == "train" else p.data.val_samples
     if args.policy == "oracle":
         policy = OraclePolicy()
     else:
-        model = load_model(cfg.model, seed=cfg.run.seed)
-        window = context_window(cfg.model, model)
-        policy = HFPolicy(model, tokenizer, cfg.sampling, max_prompt_tokens=window - cfg.sampling.max_new_tokens)
-    chunker = TokenChunker(tokenizer, cfg.data.chunk_tokens, cfg.data.chunk_overlap, cfg.data.max_chunks)
-    engine = RolloutEngine(policy, build_embedder(cfg.memory), chunker, cfg.memory, atommem_episode(cfg.agent))
-    trajectories = engine.run(samples, repeats=args.repeats)
+        policy = HFPolicy(p.model, p.tokenizer, cfg.sampling, max_prompt_tokens=p.max_prompt_tokens)
+    trajectories = p.engine(policy).run(samples, repeats=args.repeats)
     n = write_trajectories(args.out, trajectories)
     kept = sum(t.reward >= cfg.sft.min_reward for t in trajectories)
     mean = sum(t.reward for t in trajectories) / max(n, 1)

@@ -1,8 +1,8 @@
 """``python -m atom.evaluate CONFIG [key=value ...]``: the evaluation table for a policy and the baselines.
 
-Builds every piece from the config explicitly (samples, tokenizer, model, embedder, chunker), runs the methods of
-``eval.methods`` on the validation samples and writes ``results.json``, ``results.md``, ``episodes.jsonl`` and the
-resolved ``config.yaml`` into ``<run.out_dir>/<run.name>/eval``.
+Builds every piece from the config through ``atom.fit.Pipeline`` (samples, tokenizer, model, embedder, chunker),
+runs the methods of ``eval.methods`` on the validation samples and writes ``results.json``, ``results.md``,
+``episodes.jsonl``, ``trajectories.html`` and the resolved ``config.yaml`` into ``<run.out_dir>/<run.name>/eval``.
 """
 
 from __future__ import annotations
@@ -11,45 +11,24 @@ import argparse
 import dataclasses
 import logging
 
-import lightning
-
 from atom.config import Config, load_config, save_config
-from atom.data.chunker import TokenChunker
-from atom.data.datamodule import AtomDataModule
 from atom.eval.harness import evaluate, markdown_table
-from atom.memory.embedder import build_embedder
-from atom.train.models import context_window, load_model, load_tokenizer
+from atom.fit import Pipeline
 
 
 def run(cfg: Config, progress: bool = True) -> dict[str, dict]:
-    lightning.seed_everything(cfg.run.seed, verbose=False)
-    data = AtomDataModule(cfg.data)
-    data.setup()
-    samples = data.val_samples[: cfg.eval.max_samples or None]
-    model_cfg = cfg.model
-    if cfg.eval.checkpoint:
-        model_cfg = dataclasses.replace(cfg.model, name_or_path=cfg.eval.checkpoint, gguf_file="")
-    tokenizer = load_tokenizer(model_cfg)
-    needs_model = any(m != "oracle" for m in cfg.eval.methods)
-    model = load_model(model_cfg, seed=cfg.run.seed) if needs_model else None
-    window = context_window(model_cfg, model) if model is not None else 8192
     out_dir = cfg.run.dir / "eval"
     save_config(cfg, out_dir)
+    if cfg.eval.checkpoint:  # a saved policy (atom.fit's runs/<name>/policy) replaces model.name_or_path
+        model = dataclasses.replace(cfg.model, name_or_path=cfg.eval.checkpoint, gguf_file="")
+        cfg = dataclasses.replace(cfg, model=model)
+    p = Pipeline(cfg, with_model=any(m != "oracle" for m in cfg.eval.methods))
+    samples = p.data.val_samples[: cfg.eval.max_samples or None]
     rows, _ = evaluate(
-        samples,
-        cfg.eval.methods,
-        agent=cfg.agent,
-        ecfg=cfg.eval,
-        sampling=cfg.sampling,
-        chunker=TokenChunker(tokenizer, cfg.data.chunk_tokens, cfg.data.chunk_overlap, cfg.data.max_chunks),
-        embedder=build_embedder(cfg.memory),
-        memory_cfg=cfg.memory,
-        model=model,
-        tokenizer=tokenizer,
-        window_tokens=window,
-        out_dir=out_dir,
-        progress=progress,
-    )
+        samples, cfg.eval.methods, agent=cfg.agent, ecfg=cfg.eval, sampling=cfg.sampling, chunker=p.chunker,
+        embedder=p.embedder, memory_cfg=cfg.memory, model=p.model, tokenizer=p.tokenizer, window_tokens=p.window,
+        out_dir=out_dir, progress=progress,
+    )  # fmt: skip
     print(f"{len(samples)} samples of {cfg.data.dataset} at {cfg.data.num_docs} documents -> {out_dir}")
     print(markdown_table(rows))
     return rows

@@ -36,17 +36,20 @@ log = logging.getLogger("atom.fit")
 
 
 class Pipeline:
-    """The pieces every stage shares, built once."""
+    """The pieces every stage (and atom.evaluate, atom.collect) shares, built once from the config.
 
-    def __init__(self, cfg: Config):
+    ``with_model=False`` skips loading the policy (the oracle and baselines that need no model).
+    """
+
+    def __init__(self, cfg: Config, with_model: bool = True):
         self.cfg = cfg
         self.run_dir = cfg.run.dir
         L.seed_everything(cfg.run.seed, verbose=False)
         self.data = AtomDataModule(cfg.data)
         self.data.setup()
         self.tokenizer = load_tokenizer(cfg.model)
-        self.model = load_model(cfg.model, seed=cfg.run.seed)
-        self.window = context_window(cfg.model, self.model)
+        self.model = load_model(cfg.model, seed=cfg.run.seed) if with_model else None
+        self.window = context_window(cfg.model, self.model) if with_model else cfg.model.max_context_tokens or 8192
         self.embedder = build_embedder(cfg.memory)
         self.chunker = TokenChunker(self.tokenizer, cfg.data.chunk_tokens, cfg.data.chunk_overlap, cfg.data.max_chunks)
 

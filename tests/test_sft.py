@@ -111,3 +111,21 @@ def test_sft_lowers_the_loss_and_a_resumed_run_matches_an_uninterrupted_one(tmp_
     events.Reload()
     losses = [s.value for s in events.Scalars("sft/loss")]
     assert len(losses) >= 4 and sum(losses[-2:]) < sum(losses[:2])
+
+
+@pytest.mark.parametrize("policy", ["oracle", "model"])
+def test_collect_writes_trajectories_that_sft_reads_back_filtered(tmp_path, capsys, policy):
+    from atom.collect import main
+
+    out, config = tmp_path / "trajectories.jsonl", tmp_path / "collect.yaml"
+    config.write_text("run: {name: collect}\n")
+    main([str(config), *SFT_TINY, f"run.out_dir={tmp_path}", "--out", str(out), "--policy", policy, "--repeats", "2"])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    n_train = len(Pipeline(load_config(None, SFT_TINY), with_model=False).data.train_samples)
+    assert len(rows) == 2 * n_train and all(r["turns"] for r in rows)
+    assert f"wrote {len(rows)} trajectories" in capsys.readouterr().out
+    kept = [r for r in rows if r["reward"] >= 0.5]
+    demos = read_demos(out, min_reward=0.5)
+    assert len(demos) == sum(len(r["turns"]) for r in kept)
+    if policy == "oracle":
+        assert kept == rows  # the gold-fact teacher answers every question
