@@ -68,6 +68,14 @@ class Config:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)  # reinforcement learning stage
     trainer: TrainerConfig = field(default_factory=TrainerConfig)  # Lightning devices, strategy, precision, resume
 
+    def __post_init__(self) -> None:
+        # Invariants that span sections.
+        if "grpo" in self.run.stages and self.model.lora.enabled and self.model.lora.dropout > 0:
+            raise ValueError(
+                f"model.lora.dropout must be 0 when run.stages has grpo, got {self.model.lora.dropout}: rollouts "
+                "sample without dropout, so the PPO ratio of the training forward would not be 1 on-policy"
+            )
+
 
 def _check_keys(schema: type, values: Any, where: str, source: str) -> None:
     """Raise ConfigError for any key of ``values`` that the dataclass ``schema`` does not have (recursively)."""

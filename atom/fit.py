@@ -28,7 +28,7 @@ from atom.data.datamodule import AtomDataModule
 from atom.eval.harness import evaluate, markdown_table
 from atom.memory.embedder import build_embedder
 from atom.train.grpo import GRPOModule
-from atom.train.models import context_window, load_model, load_tokenizer
+from atom.train.models import context_window, load_model, load_tokenizer, restart_lora
 from atom.train.sft import DemoDataModule, SFTModule, demos_from_trajectories, read_demos
 from atom.train.trainer import build_trainer, resume_path
 
@@ -52,6 +52,7 @@ class Pipeline:
         self.window = context_window(cfg.model, self.model) if with_model else cfg.model.max_context_tokens or 8192
         self.embedder = build_embedder(cfg.memory)
         self.chunker = TokenChunker(self.tokenizer, cfg.data.chunk_tokens, cfg.data.chunk_overlap, cfg.data.max_chunks)
+        self.trained: list[str] = []  # training stages run so far on self.model
 
     def engine(self, policy) -> RolloutEngine:
         return RolloutEngine(policy, self.embedder, self.chunker, self.cfg.memory, atommem_episode(self.cfg.agent))
@@ -78,10 +79,13 @@ def run_sft(p: Pipeline) -> None:
     )  # fmt: skip
     trainer.fit(SFTModule(p.model, cfg.sft), datamodule=data, ckpt_path=resume_path(cfg.trainer, p.run_dir, "sft"),
                 weights_only=True)  # fmt: skip
+    p.trained.append("sft")
 
 
 def run_grpo(p: Pipeline) -> None:
     cfg = p.cfg
+    if cfg.model.lora.enabled and p.trained:
+        p.model = restart_lora(p.model, cfg.model)  # the KL reference (adapters off) must be the post-SFT policy
     ref = None
     if cfg.grpo.kl_coef > 0 and not cfg.model.lora.enabled:
         ref = copy.deepcopy(p.model)  # full fine-tuning: the reference is a frozen copy of the starting policy
@@ -96,6 +100,7 @@ def run_grpo(p: Pipeline) -> None:
         cfg.trainer, p.run_dir, "grpo", every_n_epochs=cfg.grpo.checkpoint_every, max_epochs=cfg.grpo.max_steps,
     )  # fmt: skip
     trainer.fit(module, steps, ckpt_path=resume_path(cfg.trainer, p.run_dir, "grpo"), weights_only=True)
+    p.trained.append("grpo")
 
 
 def run_eval(p: Pipeline, tag: str) -> dict[str, dict]:
@@ -139,17 +144,15 @@ def fit(cfg: Config) -> dict:
     trains = any(s in cfg.run.stages for s in ("sft", "grpo"))
     if cfg.eval.before_training and "eval" in cfg.run.stages and trains:
         table.update({f"{m} (before)": r for m, r in run_eval(p, "before").items()})
-    done: list[str] = []
     for stage in cfg.run.stages:
         if stage == "sft":
             run_sft(p)
-            done.append(stage)
         elif stage == "grpo":
             run_grpo(p)
-            done.append(stage)
         elif rank_zero_only.rank != 0:
             continue  # evaluation runs once, on global rank zero, after multi-process training
         elif stage == "eval":
+            done = p.trained
             label, tag = (f" (after {'+'.join(done)})", "after_" + "_".join(done)) if done else ("", "final")
             if trains and not done:
                 label, tag = " (before)", "before"

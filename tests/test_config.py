@@ -65,3 +65,9 @@ def test_saved_config_reloads_to_the_same_config(tmp_path):
 def test_readme_config_reference_is_current():
     readme = (ROOT / "README.md").read_text()
     assert reference_markdown() in readme, "regenerate the README table with: python -m atom.config"
+
+
+def test_lora_dropout_with_grpo_is_refused_naming_the_field():
+    with pytest.raises(ConfigError, match=r"model\.lora\.dropout must be 0 when run\.stages has grpo"):
+        load_config(None, ["run.stages=[grpo]", "model.lora.enabled=true", "model.lora.dropout=0.1"])
+    assert load_config(None, ["run.stages=[sft]", "model.lora.enabled=true", "model.lora.dropout=0.1"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -129,3 +130,35 @@ def test_collect_writes_trajectories_that_sft_reads_back_filtered(tmp_path, caps
     assert len(demos) == sum(len(r["turns"]) for r in kept)
     if policy == "oracle":
         assert kept == rows  # the gold-fact teacher answers every question
+
+
+def test_grpo_after_lora_sft_starts_with_its_kl_reference_equal_to_the_sft_policy(tmp_path):
+    from atom.fit import run_grpo
+    from atom.train.models import restart_lora
+
+    lora = ["model.lora.enabled=true", "model.lora.r=4", "model.lora.alpha=8", "sft.epochs=1", "sft.lr=5e-2"]
+    p = Pipeline(
+        load_config(None, SFT_TINY + lora + ["run.stages=[sft,grpo]", "grpo.max_steps=1", f"run.out_dir={tmp_path}"])
+    )
+    run_sft(p)
+    probe = torch.tensor([[5, 17, 42, 9, 3]])
+    with torch.no_grad():
+        after_sft = p.model(input_ids=probe).logits
+        with p.model.disable_adapter():
+            base = p.model(input_ids=probe).logits
+    assert (after_sft - base).abs().max() > 0.05, (after_sft - base).abs().max()  # SFT moved the adapters
+
+    restarted = restart_lora(copy.deepcopy(p.model), p.cfg.model)  # merging works in place: on a copy
+    with torch.no_grad():
+        assert torch.allclose(restarted(input_ids=probe).logits, after_sft, atol=1e-4)
+        with restarted.disable_adapter():  # the reference GRPO will use
+            assert torch.allclose(restarted(input_ids=probe).logits, after_sft, atol=1e-4)
+    trainable = [n for n, q in restarted.named_parameters() if q.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+    run_grpo(p)  # on-policy first update: policy == reference, so the logged KL is 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "atom" / "tb" / "grpo"))
+    events.Reload()
+    assert [s.value for s in events.Scalars("grpo/kl")] == pytest.approx([0.0], abs=1e-9)

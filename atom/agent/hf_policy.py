@@ -123,7 +123,8 @@ class HFPolicy:
             do_sample=s.temperature > 0,
             temperature=s.temperature if s.temperature > 0 else None,
             top_p=s.top_p if s.temperature > 0 else None,
-            top_k=0,  # transformers' default top-k of 50 would silently change the sampling distribution
+            # transformers' default top-k of 50 would silently change the sampling distribution; greedy has none
+            top_k=0 if s.temperature > 0 else None,
             max_new_tokens=s.max_new_tokens,
             pad_token_id=pad,
             eos_token_id=self.eos_ids,

@@ -46,6 +46,7 @@ from atom.train.losses import (
     grpo_loss,
     zero_std_groups,
 )
+from atom.train.trainer import clip_grad_norm, warn_if_updates_round_away
 
 
 @dataclass
@@ -239,6 +240,7 @@ class GRPOModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> None:
         cfg = self.cfg
+        self._disable_ddp_sync()  # Lightning re-enables it after every training_step
         samples = self._rank_share(self.schedule.batch(self.rollout_step))
         sampling = dataclasses.replace(self.sampling, seed=self.seed + 7919 * self.rollout_step + self.global_rank)
         engine = self.make_engine(self._policy(sampling))
@@ -318,12 +320,8 @@ class GRPOModule(L.LightningModule):
                 for key, v in step_metrics.items():
                     totals[key] = totals.get(key, 0.0) + v
             self._all_reduce_grads()
-            if cfg.grad_clip > 0:
-                self.clip_gradients(opt, gradient_clip_val=cfg.grad_clip, gradient_clip_algorithm="norm")
-            grad_norm = torch.sqrt(
-                sum((p.grad.float() ** 2).sum() for p in self.model.parameters() if p.grad is not None)
-            )
-            totals["grpo/grad_norm"] = totals.get("grpo/grad_norm", 0.0) + float(grad_norm)
+            grad_norm = clip_grad_norm(self.trainer.strategy, self.model, cfg.grad_clip)
+            totals["grpo/grad_norm"] = totals.get("grpo/grad_norm", 0.0) + grad_norm
             opt.step()
             sched.step()
             count += 1
@@ -348,11 +346,13 @@ class GRPOModule(L.LightningModule):
             p.grad = flat[offset : offset + n].view_as(p).clone()
             offset += n
 
-    def on_train_start(self) -> None:
+    def _disable_ddp_sync(self) -> None:
         # Several backwards per training_step (micro-batches, updates) do not fit DDP's one-forward-one-backward
-        # reducer, so automatic gradient sync is switched off and _all_reduce_grads averages before each step.
+        # reducer, so automatic gradient sync is off and _all_reduce_grads averages once before each step.
         if isinstance(self.trainer.model, torch.nn.parallel.DistributedDataParallel):
             self.trainer.model.require_backward_grad_sync = False
+
+    def on_train_start(self) -> None:
         self.model.train()  # from_pretrained returns eval mode; the frozen reference stays in eval mode
 
     def _micro_step(self, micro: list[TurnSequence], num_tokens: float, num_seqs: float, weight: float = 1.0):
@@ -370,6 +370,7 @@ class GRPOModule(L.LightningModule):
             logprobs, b["old_logprobs"], b["adv"], b["mask"], ref,
             clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip or None,
             kl_coef=cfg.kl_coef, aggregation=cfg.aggregation, num_tokens=num_tokens, num_sequences=num_seqs,
+            norm_len=self.sampling.max_new_tokens,  # Dr. GRPO's constant: the generation cap, not the padding
         )  # fmt: skip
         self.manual_backward(loss * weight)
         if weight == 0.0:
@@ -400,6 +401,7 @@ class GRPOModule(L.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
+        warn_if_updates_round_away(params, self.cfg.lr, "grpo")
         opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         warm = self.cfg.warmup_steps
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)

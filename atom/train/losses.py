@@ -33,8 +33,8 @@ the summed micro-batch losses, gradients and metrics equal those of the whole ba
 Advantages (:func:`group_advantages`): A = R - mean_group(R) (AtomMem and Dr. GRPO: no std scaling),
 optionally divided by the group's std (TRL / DeepSeek GRPO) or the batch's std (TRL ``"batch"``).
 
-Numerical guards: log-ratios are clamped to [-20, 20] before ``exp`` (as verl does), so a diverged token
-gives a finite loss with zero gradient instead of inf/nan; masked positions are replaced by 0 with
+Numerical guards: log-ratios are clamped to [-20, 20] before ``exp`` and k3 to at most 10 (as verl does), so
+a diverged token gives a finite loss with zero gradient instead of inf/nan; masked positions are replaced by 0 with
 ``torch.where`` before any arithmetic, so garbage there (nan, inf) reaches neither the loss nor the gradient.
 """
 
@@ -46,6 +46,7 @@ from torch import Tensor
 STD_SCALES = ("none", "group", "batch")
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 _LOG_RATIO_CLAMP = 20.0  # exp(20) ~ 5e8: far beyond any clip range, still finite in float32
+_KL_CLAMP = 10.0  # per-token k3 cap (verl): a token past it gives no KL gradient
 
 
 def _grouped(rewards: Tensor, group_size: int) -> Tensor:
@@ -102,12 +103,13 @@ def zero_std_groups(rewards: Tensor, group_size: int, atol: float = 0.0) -> Tens
 def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     """Per-token k3 estimator of KL(pi_theta || pi_ref): ``exp(d) - d - 1``, ``d = ref - logprobs``; >= 0.
 
-    ``d`` is clamped to [-20, 20] so a diverged token cannot overflow (exact inside that range).
+    ``d`` is clamped to [-20, 20] so a diverged token cannot overflow, and k3 to at most ``_KL_CLAMP`` = 10 (as
+    verl's low-variance KL does), so one diverged token cannot dominate the batch; exact below that.
     """
     if logprobs.shape != ref_logprobs.shape:
         raise ValueError(f"kl_k3: shapes differ: logprobs {tuple(logprobs.shape)}, ref {tuple(ref_logprobs.shape)}")
     d = (ref_logprobs - logprobs).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
-    return torch.exp(d) - d - 1.0
+    return (torch.exp(d) - d - 1.0).clamp(max=_KL_CLAMP)
 
 
 def masked_mean(x: Tensor, mask: Tensor, denom: float | Tensor | None = None, dim: int | None = None) -> Tensor:

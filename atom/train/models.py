@@ -191,20 +191,32 @@ def load_model(cfg: ModelConfig, seed: int = 0):
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if cfg.lora.enabled:
-        from peft import LoraConfig as PeftLoraConfig
-        from peft import get_peft_model
-
-        model = get_peft_model(
-            model,
-            PeftLoraConfig(
-                r=cfg.lora.r,
-                lora_alpha=cfg.lora.alpha,
-                lora_dropout=cfg.lora.dropout,
-                target_modules=list(cfg.lora.target_modules),
-                task_type="CAUSAL_LM",
-            ),
-        )
+        model = _attach_lora(model, cfg.lora)
     return model
+
+
+def _attach_lora(model, cfg: LoraConfig):
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    peft_cfg = PeftLoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_cfg)
+
+
+def restart_lora(model, cfg: ModelConfig):
+    """Merge trained LoRA adapters into the base weights and attach fresh ones (B = 0: the policy is unchanged).
+
+    With LoRA, GRPO's KL reference is the model with adapters disabled, and it must be GRPO's starting policy: after
+    SFT trained the adapters in the same run, disabling them would give the pre-SFT base instead. (A policy that
+    atom.fit saved is merged already, so starting GRPO from it needs nothing.)
+    """
+    return _attach_lora(model.merge_and_unload(), cfg.lora)
 
 
 def context_window(cfg: ModelConfig, model) -> int:

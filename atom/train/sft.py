@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from atom.agent.hf_policy import centre_truncate, encode_prompt
 from atom.agent.rollout import Trajectory
 from atom.data.datamodule import EpochShuffler
+from atom.train.trainer import clip_grad_norm, warn_if_updates_round_away
 
 IGNORE = -100
 
@@ -37,7 +38,7 @@ class SFTConfig:
     batch_size: int = 4  # turns per micro-batch
     accumulate: int = 1  # micro-batches per optimizer step
     grad_clip: float = 1.0  # max global grad norm (0 = off)
-    max_tokens: int = 4096  # prompt + completion cap per example; prompts are centre-truncated to fit
+    max_tokens: int = 8192  # prompt + completion cap per example (> data.chunk_tokens); prompts centre-truncated
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size <= 0 or self.accumulate <= 0 or self.max_tokens <= 16:
@@ -163,8 +164,14 @@ class SFTModule(L.LightningModule):
         self.log("sft/completion_tokens", tokens.float(), reduce_fx="sum", batch_size=len(batch["input_ids"]))
         return loss
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # By hand rather than Lightning's: its FSDP precision plugin refuses norm clipping; this also logs the norm.
+        norm = clip_grad_norm(self.trainer.strategy, self.model, float(gradient_clip_val or 0.0))
+        self.log("sft/grad_norm", norm, batch_size=1)
+
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
+        warn_if_updates_round_away(params, self.cfg.lr, "sft")
         opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         warm = max(self.cfg.warmup_steps, 0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm) if warm else 1.0)

@@ -6,12 +6,16 @@ Run directory of a stage (``<run>/`` = ``<run.out_dir>/<run.name>``):
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+
+log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "ddp", "fsdp", "fsdp_grad_op")
 
@@ -89,3 +93,34 @@ def build_trainer(cfg: TrainerConfig, run_dir: str | Path, stage: str, every_n_e
         num_sanity_val_steps=0,
         **kwargs,
     )
+
+
+def clip_grad_norm(strategy, model: torch.nn.Module, max_norm: float) -> float:
+    """Clip the global gradient norm of ``model`` to ``max_norm`` (0 = no clipping); return the norm before.
+
+    Under FSDP the root module's ``clip_grad_norm_`` reduces over all shards (Lightning's FSDP precision plugin
+    refuses norm clipping, and a per-parameter norm would only see the local shard).
+    """
+    limit = max_norm if max_norm > 0 else float("inf")
+    if _is_fsdp(strategy):
+        return float(strategy.model.clip_grad_norm_(limit))
+    params = [p for p in model.parameters() if p.grad is not None]
+    return float(torch.nn.utils.clip_grad_norm_(params, limit)) if params else 0.0
+
+
+def _is_fsdp(strategy) -> bool:
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return isinstance(strategy, FSDPStrategy)
+
+
+def warn_if_updates_round_away(params, lr: float, stage: str) -> None:
+    """Warn when trainable weights are 16-bit and ``lr`` is small: an AdamW step (about ``lr``) below a weight's
+    rounding step is lost (bf16 has 8 significant bits: w - 1e-6 == w for |w| >= ~3e-4). LoRA adapters are fp32."""
+    low = {p.dtype for p in params if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)}
+    if low and lr < 1e-4:
+        log.warning(
+            "%s: trainable weights are %s and lr=%g: most AdamW updates round to nothing; load the model in "
+            "float32 (model.dtype=float32) with trainer.precision=bf16-mixed, or train LoRA adapters",
+            stage, sorted(str(d) for d in low), lr,
+        )  # fmt: skip
