@@ -70,6 +70,11 @@ class Config:
 
     def __post_init__(self) -> None:
         # Invariants that span sections.
+        if self.trainer.strategy.startswith("fsdp") and self.model.quantization != "none":
+            raise ValueError(
+                f"trainer.strategy={self.trainer.strategy} with model.quantization={self.model.quantization} is not "
+                "supported: use trainer.strategy=ddp (QLoRA keeps one 4-bit copy per GPU)"
+            )
         if "grpo" in self.run.stages and self.model.lora.enabled and self.model.lora.dropout > 0:
             raise ValueError(
                 f"model.lora.dropout must be 0 when run.stages has grpo, got {self.model.lora.dropout}: rollouts "

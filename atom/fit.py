@@ -14,9 +14,11 @@ import argparse
 import copy
 import json
 import logging
+import os
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
@@ -54,6 +56,25 @@ class Pipeline:
         self.chunker = TokenChunker(self.tokenizer, cfg.data.chunk_tokens, cfg.data.chunk_overlap, cfg.data.max_chunks)
         self.trained: list[str] = []  # training stages run so far on self.model
 
+    @property
+    def device(self) -> torch.device:
+        """Where evaluation runs: this process's GPU when the trainer uses GPUs, else the CPU."""
+        if self.cfg.trainer.accelerator != "cpu" and torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+
+    def fresh_model(self):
+        """A new copy of the configured model with the same structure (LoRA included) as ``self.model``."""
+        return load_model(self.cfg.model, seed=self.cfg.run.seed)
+
+    def unshard(self, state: dict | None) -> None:
+        """After an FSDP stage ``self.model``'s layers stay wrapped: continue with an unwrapped model holding the
+        trained weights (``state`` from the module's ``on_train_end``; None for other strategies)."""
+        if state is not None:
+            model = self.fresh_model()
+            model.load_state_dict(state)
+            self.model = model
+
     def engine(self, policy) -> RolloutEngine:
         return RolloutEngine(policy, self.embedder, self.chunker, self.cfg.memory, atommem_episode(self.cfg.agent))
 
@@ -77,8 +98,9 @@ def run_sft(p: Pipeline) -> None:
         cfg.trainer, p.run_dir, "sft", every_n_epochs=1, max_epochs=cfg.sft.epochs,
         accumulate_grad_batches=cfg.sft.accumulate, gradient_clip_val=cfg.sft.grad_clip or None,
     )  # fmt: skip
-    trainer.fit(SFTModule(p.model, cfg.sft), datamodule=data, ckpt_path=resume_path(cfg.trainer, p.run_dir, "sft"),
-                weights_only=True)  # fmt: skip
+    module = SFTModule(p.model, cfg.sft)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_path(cfg.trainer, p.run_dir, "sft"), weights_only=True)
+    p.unshard(module.final_state)
     p.trained.append("sft")
 
 
@@ -91,7 +113,7 @@ def run_grpo(p: Pipeline) -> None:
         ref = copy.deepcopy(p.model)  # full fine-tuning: the reference is a frozen copy of the starting policy
     module = GRPOModule(
         p.model, p.tokenizer, cfg.grpo, cfg.sampling, p.engine, p.data.train_samples, p.data.val_samples,
-        ref_model=ref, seed=cfg.run.seed, max_prompt_tokens=p.max_prompt_tokens,
+        ref_model=ref, seed=cfg.run.seed, max_prompt_tokens=p.max_prompt_tokens, make_replica=p.fresh_model,
     )  # fmt: skip
     # One Lightning "epoch" per rollout step (a one-item loader; the module's schedule picks the prompts), so the
     # epoch counter is the rollout step: checkpoints and resume line up with it whatever updates_per_batch is.
@@ -100,11 +122,14 @@ def run_grpo(p: Pipeline) -> None:
         cfg.trainer, p.run_dir, "grpo", every_n_epochs=cfg.grpo.checkpoint_every, max_epochs=cfg.grpo.max_steps,
     )  # fmt: skip
     trainer.fit(module, steps, ckpt_path=resume_path(cfg.trainer, p.run_dir, "grpo"), weights_only=True)
+    p.unshard(module.final_state)
     p.trained.append("grpo")
 
 
 def run_eval(p: Pipeline, tag: str) -> dict[str, dict]:
     cfg = p.cfg
+    if cfg.model.quantization == "none":
+        p.model.to(p.device)  # Lightning's teardown leaves the trained model on the CPU
     samples = p.data.val_samples[: cfg.eval.max_samples or None]
     rows, _ = evaluate(
         samples, cfg.eval.methods, agent=cfg.agent, ecfg=cfg.eval, sampling=cfg.sampling, chunker=p.chunker,

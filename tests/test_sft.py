@@ -155,6 +155,11 @@ def test_grpo_after_lora_sft_starts_with_its_kl_reference_equal_to_the_sft_polic
             assert torch.allclose(restarted(input_ids=probe).logits, after_sft, atol=1e-4)
     trainable = [n for n, q in restarted.named_parameters() if q.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
+    # After an FSDP stage the gathered weights are loaded strictly into a freshly loaded model: same keys.
+    unsharded = copy.copy(p)
+    unsharded.unshard(restarted.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(unsharded.model(input_ids=probe).logits, after_sft, atol=1e-4)
 
     run_grpo(p)  # on-policy first update: policy == reference, so the logged KL is 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

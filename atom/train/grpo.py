@@ -24,7 +24,6 @@ Objective, per rollout step (each symbol -> ``GRPOConfig`` field):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import random
 import time
@@ -46,7 +45,7 @@ from atom.train.losses import (
     grpo_loss,
     zero_std_groups,
 )
-from atom.train.trainer import clip_grad_norm, warn_if_updates_round_away
+from atom.train.trainer import clip_grad_norm, full_state_dict, is_fsdp, warn_if_updates_round_away
 
 
 @dataclass
@@ -186,6 +185,7 @@ class GRPOModule(L.LightningModule):
         ref_model=None,
         seed: int = 0,
         max_prompt_tokens: int = 0,
+        make_replica: Callable[[], torch.nn.Module] | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -198,6 +198,9 @@ class GRPOModule(L.LightningModule):
         self.val_samples = list(val_samples)[: cfg.val_samples]
         self.max_prompt_tokens = max_prompt_tokens
         self.rollout_step = 0
+        self.make_replica = make_replica  # FSDP: builds the unsharded model that generates (see _generator)
+        self._replica: torch.nn.Module | None = None
+        self.final_state: dict[str, torch.Tensor] | None = None  # FSDP: unsharded weights after training
 
     # -- checkpoint state beyond what Lightning saves (weights, optimizer, scheduler, loops) ---------------------
 
@@ -222,18 +225,32 @@ class GRPOModule(L.LightningModule):
             return -1  # ends the epoch: training is over
 
     def _policy(self, sampling: SamplingConfig) -> HFPolicy:
-        return HFPolicy(self.model, self.tokenizer, sampling, self.max_prompt_tokens)
+        return HFPolicy(self._generator(), self.tokenizer, sampling, self.max_prompt_tokens)
 
-    def _gathered_params(self):
-        """FSDP: gather full parameters once around a rollout, so ``generate`` (whose number of forward calls
-        differs between ranks) issues no collectives. Other strategies: nothing to do."""
-        from lightning.pytorch.strategies import FSDPStrategy
+    def _generator(self) -> torch.nn.Module:
+        """The model ``generate`` runs on: the policy itself, or under FSDP an unsharded replica.
 
-        if isinstance(self.trainer.strategy, FSDPStrategy):
-            from torch.distributed.fsdp import FullyShardedDataParallel
+        FSDP forwards are collectives, and ranks make different numbers of generate calls (episodes differ in
+        length), so generating through the sharded model would deadlock; FSDP also forbids forwards inside
+        ``summon_full_params``. Instead every rank gathers the full weights once per rollout step (one
+        collective, same count on all ranks) into a local replica, in bf16 when training computes in bf16.
+        """
+        if not is_fsdp(self.trainer.strategy):
+            return self.model
+        if self.make_replica is None:
+            raise RuntimeError("GRPO under FSDP needs make_replica (a loader of the unsharded model)")
+        state = full_state_dict(self.trainer.strategy, prefix="model.")
+        if self._replica is None:
+            replica = self.make_replica()
+            if str(self.trainer.precision).startswith("bf16"):
+                replica = replica.to(torch.bfloat16)
+            self._replica = replica.to(self.device).eval().requires_grad_(False)
+        self._replica.load_state_dict(state)
+        return self._replica
 
-            return FullyShardedDataParallel.summon_full_params(self.trainer.model, writeback=False)
-        return contextlib.nullcontext()
+    def on_train_end(self) -> None:
+        if is_fsdp(self.trainer.strategy):  # the next stage, evaluation and saving need unsharded weights
+            self.final_state = full_state_dict(self.trainer.strategy, prefix="model.")
 
     def _rank_share(self, samples: list[LongContextSample]) -> list[LongContextSample]:
         return samples[self.global_rank :: self.trainer.world_size] if self.trainer.world_size > 1 else samples
@@ -243,10 +260,9 @@ class GRPOModule(L.LightningModule):
         self._disable_ddp_sync()  # Lightning re-enables it after every training_step
         samples = self._rank_share(self.schedule.batch(self.rollout_step))
         sampling = dataclasses.replace(self.sampling, seed=self.seed + 7919 * self.rollout_step + self.global_rank)
-        engine = self.make_engine(self._policy(sampling))
         t0 = time.perf_counter()
-        with self._gathered_params():
-            trajectories = engine.run(samples, repeats=cfg.group_size)
+        engine = self.make_engine(self._policy(sampling))
+        trajectories = engine.run(samples, repeats=cfg.group_size)
         rollout_s = time.perf_counter() - t0
 
         rewards = torch.tensor([t.reward for t in trajectories], dtype=torch.float)
@@ -254,6 +270,7 @@ class GRPOModule(L.LightningModule):
         zero = zero_std_groups(rewards, cfg.group_size)
         keep = (~zero).repeat_interleave(cfg.group_size) if cfg.drop_zero_std else torch.ones_like(rewards).bool()
         seqs = turn_sequences(trajectories, advantages, keep)
+        self._placeholder = turn_sequences(trajectories[:1], advantages[:1] * 0, keep[:1] | True)[:1]
 
         t1 = time.perf_counter()
         metrics = self._update(seqs)
@@ -315,7 +332,8 @@ class GRPOModule(L.LightningModule):
                 self.trainer.strategy.reduce(torch.tensor(float(len(micros)), device=self.device), reduce_op="max")
             )
             for k in range(n_micro):
-                micro, weight = (micros[k], 1.0) if k < len(micros) else (micros[0] if micros else [], 0.0)
+                # A rank with fewer micro-batches (or none: all its groups dropped) runs weight-0 backwards.
+                micro, weight = (micros[k], 1.0) if k < len(micros) else ((micros or [self._placeholder])[0], 0.0)
                 step_metrics = self._micro_step(micro, float(global_tokens), float(global_seqs), weight)
                 for key, v in step_metrics.items():
                     totals[key] = totals.get(key, 0.0) + v
@@ -353,6 +371,11 @@ class GRPOModule(L.LightningModule):
             self.trainer.model.require_backward_grad_sync = False
 
     def on_train_start(self) -> None:
+        if self.cfg.prompts_per_step < self.trainer.world_size:
+            raise ValueError(
+                f"grpo.prompts_per_step ({self.cfg.prompts_per_step}) must be >= the number of processes "
+                f"({self.trainer.world_size}): every rank rolls out whole groups of at least one sample"
+            )
         self.model.train()  # from_pretrained returns eval mode; the frozen reference stays in eval mode
 
     def _micro_step(self, micro: list[TurnSequence], num_tokens: float, num_seqs: float, weight: float = 1.0):
@@ -393,8 +416,7 @@ class GRPOModule(L.LightningModule):
         if not self.val_samples:
             return {}
         engine = self.make_engine(self._policy(dataclasses.replace(self.sampling, temperature=0.0)))
-        with self._gathered_params():
-            summary = summarize(engine.run(self._rank_share(self.val_samples)), 0.0)
+        summary = summarize(engine.run(self._rank_share(self.val_samples)), 0.0)
         out = {"val/em": summary["em"], "val/f1": summary["f1"]}
         self.log_dict(out, on_step=True, batch_size=1, sync_dist=self.trainer.world_size > 1)
         return out

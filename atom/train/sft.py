@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from atom.agent.hf_policy import centre_truncate, encode_prompt
 from atom.agent.rollout import Trajectory
 from atom.data.datamodule import EpochShuffler
-from atom.train.trainer import clip_grad_norm, warn_if_updates_round_away
+from atom.train.trainer import clip_grad_norm, full_state_dict, is_fsdp, warn_if_updates_round_away
 
 IGNORE = -100
 
@@ -152,6 +152,11 @@ class SFTModule(L.LightningModule):
     def __init__(self, model, cfg: SFTConfig):
         super().__init__()
         self.model, self.cfg = model, cfg
+        self.final_state: dict[str, torch.Tensor] | None = None  # FSDP: unsharded weights after training
+
+    def on_train_end(self) -> None:
+        if is_fsdp(self.trainer.strategy):  # the next stage, evaluation and saving need unsharded weights
+            self.final_state = full_state_dict(self.trainer.strategy, prefix="model.")
 
     def on_train_start(self) -> None:
         self.model.train()  # from_pretrained returns eval mode, which Lightning now preserves

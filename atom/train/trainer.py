@@ -41,8 +41,7 @@ def _strategy(cfg: TrainerConfig):
     if cfg.strategy in ("fsdp", "fsdp_grad_op"):
         from lightning.pytorch.strategies import FSDPStrategy
 
-        # Wrap each decoder layer. SHARD_GRAD_OP keeps parameters gathered between forwards, which keeps
-        # autoregressive generation fast for models up to a few billion parameters (REFERENCE.md).
+        # Wrap each decoder layer. GRPO generates on an unsharded replica (GRPOModule._generator), not here.
         return FSDPStrategy(
             auto_wrap_policy=_decoder_layer_classes(),
             sharding_strategy="FULL_SHARD" if cfg.strategy == "fsdp" else "SHARD_GRAD_OP",
@@ -102,16 +101,31 @@ def clip_grad_norm(strategy, model: torch.nn.Module, max_norm: float) -> float:
     refuses norm clipping, and a per-parameter norm would only see the local shard).
     """
     limit = max_norm if max_norm > 0 else float("inf")
-    if _is_fsdp(strategy):
+    if is_fsdp(strategy):
         return float(strategy.model.clip_grad_norm_(limit))
     params = [p for p in model.parameters() if p.grad is not None]
     return float(torch.nn.utils.clip_grad_norm_(params, limit)) if params else 0.0
 
 
-def _is_fsdp(strategy) -> bool:
+def is_fsdp(strategy) -> bool:
     from lightning.pytorch.strategies import FSDPStrategy
 
     return isinstance(strategy, FSDPStrategy)
+
+
+def full_state_dict(strategy, prefix: str = "model.") -> dict[str, torch.Tensor]:
+    """FSDP: the unsharded weights of the LightningModule's ``prefix`` attribute, on CPU, on every rank.
+
+    A collective: every rank must call it. Keys are those of the unwrapped module (``prefix`` stripped), so
+    ``load_state_dict`` of a freshly loaded model of the same config accepts them.
+    """
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    root = strategy.model
+    with FSDP.state_dict_type(root, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True)):
+        state = root.state_dict()
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def warn_if_updates_round_away(params, lr: float, stage: str) -> None:
