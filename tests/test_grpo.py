@@ -111,7 +111,8 @@ def test_two_process_cpu_ddp_runs_a_grpo_step(tmp_path):
     config = tmp_path / "ddp.yaml"
     config.write_text("run: {name: ddp}\n")
     overrides = [o for o in TINY if not o.startswith("grpo.kl_coef")] + [
-        f"run.out_dir={tmp_path}", "grpo.max_steps=1", "grpo.group_size=2", "grpo.weight_decay=0.01",
+        f"run.out_dir={tmp_path}", "grpo.max_steps=2", "grpo.group_size=2", "grpo.weight_decay=0.01",
+        "grpo.std_scale=batch",  # the batch std spans both ranks
         "trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
     ]  # fmt: skip
     proc = subprocess.run(
@@ -128,4 +129,4 @@ def test_two_process_cpu_ddp_runs_a_grpo_step(tmp_path):
     events = EventAccumulator(str(run / "tb" / "grpo")).Reload()
     tags = set(events.Tags()["scalars"])
     assert {"grpo/reward", "grpo/kl", "grpo/optimizer_steps", "memory/create_per_episode"} <= tags
-    assert events.Scalars("grpo/optimizer_steps")[-1].value == 1.0
+    assert [s.value for s in events.Scalars("grpo/optimizer_steps")] == [1.0, 1.0]  # two rollout steps

@@ -398,3 +398,12 @@ def test_entropy_from_logits():
     assert torch.isfinite(logits.grad).all()
     # a uniform distribution is a maximum: its gradient is zero
     assert logits.grad[0, 0].abs().max().item() < 1e-6
+
+
+def test_batch_std_of_a_batch_spanning_processes_is_used_when_given():
+    rewards = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    local = group_advantages(rewards, 2, "batch")
+    given = group_advantages(rewards, 2, "batch", batch_std=2.0)
+    centred = torch.tensor([0.5, -0.5, 0.0, 0.0])
+    assert torch.allclose(given, centred / (2.0 + 1e-6))
+    assert torch.allclose(local, centred / (rewards.std() + 1e-6))

@@ -266,7 +266,8 @@ class GRPOModule(L.LightningModule):
         rollout_s = time.perf_counter() - t0
 
         rewards = torch.tensor([t.reward for t in trajectories], dtype=torch.float)
-        advantages = group_advantages(rewards, cfg.group_size, cfg.std_scale)
+        batch_std = self._global_std(rewards) if cfg.std_scale == "batch" else None
+        advantages = group_advantages(rewards, cfg.group_size, cfg.std_scale, batch_std=batch_std)
         zero = zero_std_groups(rewards, cfg.group_size)
         keep = (~zero).repeat_interleave(cfg.group_size) if cfg.drop_zero_std else torch.ones_like(rewards).bool()
         seqs = turn_sequences(trajectories, advantages, keep)
@@ -299,10 +300,21 @@ class GRPOModule(L.LightningModule):
         for op in ("create", "read", "update", "delete"):
             logs[f"memory/{op}_per_episode"] = summary["ops_per_episode"].get(op, 0.0)
         logs.update(metrics)
-        self.log_dict({k: float(v) for k, v in logs.items()}, on_step=True, prog_bar=False, batch_size=1)
+        # Means over ranks (each rank's scalars describe its own share of the rollout batch).
+        self.log_dict(
+            {k: float(v) for k, v in logs.items()}, on_step=True, batch_size=1, sync_dist=self.trainer.world_size > 1
+        )
         self.log("reward", float(rewards.mean()), prog_bar=True, logger=False, batch_size=1)
         if cfg.val_every and self.rollout_step % cfg.val_every == 0:
             self.validate_greedy()
+
+    def _global_std(self, rewards: torch.Tensor) -> float | None:
+        """The unbiased std of the rewards of all ranks (None on one process: group_advantages computes it)."""
+        if self.trainer.world_size == 1:
+            return None
+        moments = torch.tensor([len(rewards), rewards.sum(), (rewards**2).sum()], dtype=torch.float64)
+        n, total, squares = self.trainer.strategy.reduce(moments.to(self.device), reduce_op="sum").tolist()
+        return max((squares - total * total / n) / max(n - 1, 1), 0.0) ** 0.5
 
     def _update(self, seqs: list[TurnSequence]) -> dict[str, float]:
         """``updates_per_batch`` optimizer steps over the rollout batch; returns mean metrics."""

@@ -64,7 +64,9 @@ def _grouped(rewards: Tensor, group_size: int) -> Tensor:
     return rewards.view(-1, group_size)
 
 
-def group_advantages(rewards: Tensor, group_size: int, std_scale: str = "none", eps: float = 1e-6) -> Tensor:
+def group_advantages(
+    rewards: Tensor, group_size: int, std_scale: str = "none", eps: float = 1e-6, batch_std: float | None = None
+) -> Tensor:
     """Group-relative advantages, one per trajectory.
 
     Args:
@@ -75,6 +77,7 @@ def group_advantages(rewards: Tensor, group_size: int, std_scale: str = "none", 
             all N rewards + eps).
             Stds are unbiased (Bessel-corrected, ``torch.std``'s default), as TRL computes them.
         eps: added to the std so zero-std groups give zero advantages instead of nan.
+        batch_std: for ``"batch"``, the std of the whole batch when it spans processes (default: of ``rewards``).
 
     Returns:
         (N,) advantages in the rewards' order (float).
@@ -88,9 +91,9 @@ def group_advantages(rewards: Tensor, group_size: int, std_scale: str = "none", 
             raise ValueError("std_scale='group' needs group_size >= 2: the unbiased std of 1 is undefined")
         advantages = advantages / (grouped.std(dim=1, keepdim=True) + eps)
     elif std_scale == "batch":
-        if grouped.numel() < 2:
+        if batch_std is None and grouped.numel() < 2:
             raise ValueError("std_scale='batch' needs >= 2 rewards: the unbiased std of 1 is undefined")
-        advantages = advantages / (grouped.std() + eps)
+        advantages = advantages / ((grouped.std() if batch_std is None else batch_std) + eps)
     return advantages.reshape(-1)
 
 
