@@ -176,3 +176,21 @@ def test_stats_command_on_the_synthetic_task(tmp_path, capsys, monkeypatch):
     assert val["truncated_share"] == 1.0  # 30 documents are > 300 words: truncation at 2 chunks of 50 bites
     assert val["support_in_documents_share"] == 1.0
     assert val["support_survived_share"] < 1.0  # and drops gold paragraphs from the middle
+
+
+def test_synthetic_validation_can_come_from_a_world_of_its_own():
+    from atom.data.synthetic import SyntheticConfig
+
+    cfg = DataConfig(
+        dataset="synthetic", num_docs=6, max_questions=2, val_fraction=0.25,
+        synthetic=SyntheticConfig(num_records=24, num_entities=12, distractors=2, seed=3, val_seed=4),
+    )  # fmt: skip
+    data = AtomDataModule(cfg)
+    data.setup()
+    assert len(data.train_records) == 24 and len(data.val_records) == 6
+    assert all(r.id.startswith("synthetic-3-") for r in data.train_records)
+    assert all(r.id.startswith("synthetic-4-") for r in data.val_records)
+    train_titles = {p.title for r in data.train_records for p in r.paragraphs}
+    assert data.val_samples and not any(t in s.context for t in train_titles for s in data.val_samples)
+    with pytest.raises(ValueError, match="val_seed must differ"):
+        SyntheticConfig(seed=3, val_seed=3)

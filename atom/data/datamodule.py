@@ -3,12 +3,14 @@
 The split is made on records, before grouping, by a seeded permutation: ``round(val_fraction * n)`` records
 (at least one when val_fraction > 0) go to validation, the rest to training, and both keep file order so
 questions are grouped in file order as the protocol says. The distractor pool of both splits is every
-paragraph of every loaded record. Batches are plain lists of ``LongContextSample`` (episodes are built from
-them by the rollout engine).
+paragraph of every loaded record. The synthetic task can instead validate on a second world
+(``synthetic.val_seed``), with its own distractor pool. Batches are plain lists of ``LongContextSample``
+(episodes are built from them by the rollout engine).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 
@@ -19,7 +21,7 @@ from torch.utils.data import DataLoader, Sampler
 from atom.data.loaders import load_records
 from atom.data.longcontext import LongContextSample, build_samples, paragraph_pool
 from atom.data.records import DATASETS, QARecord
-from atom.data.synthetic import SyntheticConfig
+from atom.data.synthetic import SyntheticConfig, generate
 
 
 @dataclass
@@ -117,10 +119,20 @@ class AtomDataModule(lightning.LightningDataModule):
         if self._ready:  # Lightning calls setup once per stage; the samples must not change between them
             return
         self.records = load_records(self.cfg)
-        self.train_records, self.val_records = split_records(self.records, self.cfg.val_fraction, self.cfg.seed)
-        pool = paragraph_pool(self.records)
-        self.train_samples = build_samples(self.train_records, self.cfg, pool, split="train")
-        self.val_samples = build_samples(self.val_records, self.cfg, pool, split="val")
+        synthetic = self.cfg.synthetic
+        if self.cfg.dataset == "synthetic" and synthetic.val_seed >= 0:
+            # Validation from a world of its own: no entity or fact of it was trained on, so EM measures the
+            # memory skill rather than memorised world facts. Its size is val_fraction of the training records.
+            n_val = max(1, round(self.cfg.val_fraction * len(self.records))) if self.cfg.val_fraction > 0 else 0
+            self.train_records = self.records
+            held_out = dataclasses.replace(synthetic, seed=synthetic.val_seed, val_seed=-1, num_records=max(n_val, 1))
+            self.val_records = generate(held_out) if n_val else []
+            train_pool, val_pool = paragraph_pool(self.train_records), paragraph_pool(self.val_records)
+        else:
+            self.train_records, self.val_records = split_records(self.records, self.cfg.val_fraction, self.cfg.seed)
+            train_pool = val_pool = paragraph_pool(self.records)
+        self.train_samples = build_samples(self.train_records, self.cfg, train_pool, split="train")
+        self.val_samples = build_samples(self.val_records, self.cfg, val_pool, split="val")
         self._ready = True
 
     def all_samples(self) -> list[LongContextSample]:
