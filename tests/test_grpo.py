@@ -130,3 +130,21 @@ def test_two_process_cpu_ddp_runs_a_grpo_step(tmp_path):
     tags = set(events.Tags()["scalars"])
     assert {"grpo/reward", "grpo/kl", "grpo/optimizer_steps", "memory/create_per_episode"} <= tags
     assert [s.value for s in events.Scalars("grpo/optimizer_steps")] == [1.0, 1.0]  # two rollout steps
+
+
+def test_checkpoint_loading_skips_only_the_rebuilt_reference(tmp_path):
+    import copy
+
+    from atom.train.grpo import GRPOConfig, GRPOModule
+
+    p = Pipeline(load_config(None, TINY + [f"run.out_dir={tmp_path}"]))
+    module = GRPOModule(
+        p.model, p.tokenizer, GRPOConfig(), SamplingConfig(), p.engine, p.data.train_samples,
+        ref_model=copy.deepcopy(p.model),
+    )  # fmt: skip
+    state = module.state_dict()
+    assert state and not any(k.startswith("ref_model.") for k in state)
+    module.load_state_dict(state)  # the reference's keys are absent on purpose
+    first = next(iter(state))
+    with pytest.raises(RuntimeError, match="missing keys"):
+        module.load_state_dict({k: v for k, v in state.items() if k != first})

@@ -216,7 +216,14 @@ class GRPOModule(L.LightningModule):
         return {k: v for k, v in state.items() if not k.startswith("ref_model.")}
 
     def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
-        return super().load_state_dict(state_dict, strict=False if self.ref_model is not None else strict, **kwargs)
+        result = super().load_state_dict(state_dict, strict=False, **kwargs)
+        missing = [k for k in result.missing_keys if not k.startswith("ref_model.")]  # the reference is rebuilt
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(
+                f"GRPO checkpoint does not fit the policy: missing keys {missing[:5]} ({len(missing)}), "
+                f"unexpected keys {result.unexpected_keys[:5]} ({len(result.unexpected_keys)})"
+            )
+        return result
 
     # -- the step -----------------------------------------------------------------------------------------------
 
