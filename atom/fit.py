@@ -177,10 +177,12 @@ def fit(cfg: Config) -> dict:
         elif rank_zero_only.rank != 0:
             continue  # evaluation runs once, on global rank zero, after multi-process training
         elif stage == "eval":
-            done = p.trained
-            label, tag = (f" (after {'+'.join(done)})", "after_" + "_".join(done)) if done else ("", "final")
-            if trains and not done:
+            if p.trained:
+                label, tag = f" (after {'+'.join(p.trained)})", "after_" + "_".join(p.trained)
+            elif trains:
                 label, tag = " (before)", "before"
+            else:
+                label, tag = "", "final"
             table.update({f"{m}{label}": r for m, r in run_eval(p, tag).items()})
     if rank_zero_only.rank != 0:
         return table

@@ -278,10 +278,11 @@ class GRPOModule(L.LightningModule):
         zero = zero_std_groups(rewards, cfg.group_size)
         keep = (~zero).repeat_interleave(cfg.group_size) if cfg.drop_zero_std else torch.ones_like(rewards).bool()
         seqs = turn_sequences(trajectories, advantages, keep)
-        self._placeholder = turn_sequences(trajectories[:1], advantages[:1] * 0, keep[:1] | True)[:1]
+        # A weight-0 stand-in for ranks left with no micro-batch (all their groups dropped): see _update.
+        placeholder = turn_sequences(trajectories[:1], advantages[:1] * 0, keep[:1] | True)[:1]
 
         t1 = time.perf_counter()
-        metrics = self._update(seqs)
+        metrics = self._update(seqs, placeholder)
         update_s = time.perf_counter() - t1
         self.rollout_step += 1
 
@@ -323,7 +324,7 @@ class GRPOModule(L.LightningModule):
         n, total, squares = self.trainer.strategy.reduce(moments.to(self.device), reduce_op="sum").tolist()
         return max((squares - total * total / n) / max(n - 1, 1), 0.0) ** 0.5
 
-    def _update(self, seqs: list[TurnSequence]) -> dict[str, float]:
+    def _update(self, seqs: list[TurnSequence], placeholder: list[TurnSequence]) -> dict[str, float]:
         """``updates_per_batch`` optimizer steps over the rollout batch; returns mean metrics."""
         cfg = self.cfg
         opt = self.optimizers()
@@ -352,7 +353,7 @@ class GRPOModule(L.LightningModule):
             )
             for k in range(n_micro):
                 # A rank with fewer micro-batches (or none: all its groups dropped) runs weight-0 backwards.
-                micro, weight = (micros[k], 1.0) if k < len(micros) else ((micros or [self._placeholder])[0], 0.0)
+                micro, weight = (micros[k], 1.0) if k < len(micros) else ((micros or [placeholder])[0], 0.0)
                 step_metrics = self._micro_step(micro, float(global_tokens), float(global_seqs), weight)
                 for key, v in step_metrics.items():
                     totals[key] = totals.get(key, 0.0) + v
