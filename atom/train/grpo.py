@@ -45,7 +45,7 @@ from atom.train.losses import (
     grpo_loss,
     zero_std_groups,
 )
-from atom.train.trainer import clip_grad_norm, full_state_dict, is_fsdp, warn_if_updates_round_away
+from atom.train.trainer import adamw_with_warmup, clip_grad_norm, full_state_dict, is_fsdp
 
 
 @dataclass
@@ -200,6 +200,7 @@ class GRPOModule(L.LightningModule):
         self.rollout_step = 0
         self.make_replica = make_replica  # FSDP: builds the unsharded model that generates (see _generator)
         self._replica: torch.nn.Module | None = None
+        self._replica_step = -1  # optimizer step whose weights the replica holds
         self.final_state: dict[str, torch.Tensor] | None = None  # FSDP: unsharded weights after training
 
     # -- checkpoint state beyond what Lightning saves (weights, optimizer, scheduler, loops) ---------------------
@@ -246,13 +247,14 @@ class GRPOModule(L.LightningModule):
             return self.model
         if self.make_replica is None:
             raise RuntimeError("GRPO under FSDP needs make_replica (a loader of the unsharded model)")
-        state = full_state_dict(self.trainer.strategy, prefix="model.")
         if self._replica is None:
             replica = self.make_replica()
             if str(self.trainer.precision).startswith("bf16"):
                 replica = replica.to(torch.bfloat16)
             self._replica = replica.to(self.device).eval().requires_grad_(False)
-        self._replica.load_state_dict(state)
+        if self._replica_step != self.global_step:  # the weights changed since the last gather
+            self._replica.load_state_dict(full_state_dict(self.trainer.strategy, prefix="model."))
+            self._replica_step = self.global_step
         return self._replica
 
     def on_train_end(self) -> None:
@@ -443,8 +445,4 @@ class GRPOModule(L.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
-        warn_if_updates_round_away(params, self.cfg.lr, "grpo")
-        opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        warm = self.cfg.warmup_steps
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_with_warmup(params, self.cfg.lr, self.cfg.weight_decay, self.cfg.warmup_steps, "grpo")

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from atom.agent.hf_policy import centre_truncate, encode_prompt
 from atom.agent.rollout import Trajectory
 from atom.data.datamodule import EpochShuffler
-from atom.train.trainer import clip_grad_norm, full_state_dict, is_fsdp, warn_if_updates_round_away
+from atom.train.trainer import adamw_with_warmup, clip_grad_norm, full_state_dict, is_fsdp
 
 IGNORE = -100
 
@@ -176,11 +176,7 @@ class SFTModule(L.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
-        warn_if_updates_round_away(params, self.cfg.lr, "sft")
-        opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        warm = max(self.cfg.warmup_steps, 0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm) if warm else 1.0)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_with_warmup(params, self.cfg.lr, self.cfg.weight_decay, self.cfg.warmup_steps, "sft")
 
 
 def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -138,3 +138,14 @@ def warn_if_updates_round_away(params, lr: float, stage: str) -> None:
             "float32 (model.dtype=float32) with trainer.precision=bf16-mixed, or train LoRA adapters",
             stage, sorted(str(d) for d in low), lr,
         )  # fmt: skip
+
+
+def adamw_with_warmup(params, lr: float, weight_decay: float, warmup_steps: int, stage: str) -> dict:
+    """AdamW over ``params`` with a linear warm-up over ``warmup_steps`` optimizer steps, then constant lr; in
+    the form ``configure_optimizers`` returns (the scheduler steps once per optimizer step)."""
+    params = list(params)
+    warn_if_updates_round_away(params, lr, stage)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    warm = max(warmup_steps, 0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm) if warm else 1.0)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
