@@ -14,7 +14,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from atom.data.chunker import TokenChunker
 
-HOTPOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "hotpotqa" / "hotpot_dev_distractor_v1.sample.json"
+from .conftest import FIXTURE_FILES
+
 WORDS = [f"w{i}" for i in range(50)]
 
 
@@ -66,12 +67,12 @@ def check_chunks(chunker: TokenChunker, text: str) -> list:
 def hotpot_text() -> str:
     import json
 
-    record = json.loads(HOTPOT.read_text())[0]
-    return "\n\n".join(f"Document {i + 1}:\n{t}\n{''.join(s)}" for i, (t, s) in enumerate(record["context"]))
+    context = [p for record in json.loads(FIXTURE_FILES["hotpotqa"].read_text()) for p in record["context"]]
+    return "\n\n".join(f"Document {i + 1}:\n{t}\n{''.join(s)}" for i, (t, s) in enumerate(context))
 
 
 def test_smollm2_chunks_cover_text_exactly(smollm2, hotpot_text):
-    chunker = TokenChunker(smollm2, chunk_tokens=128, overlap=16)
+    chunker = TokenChunker(smollm2, chunk_tokens=64, overlap=16)
     chunks = check_chunks(chunker, hotpot_text)
     assert len(chunks) > 5
     assert chunker.count_tokens(hotpot_text) == len(smollm2(hotpot_text, add_special_tokens=False)["input_ids"])

@@ -9,23 +9,15 @@ import pytest
 from atom.config import load_config
 from atom.fit import fit
 
+from .conftest import FIXTURE_FILES, TINY
+
 ROOT = Path(__file__).resolve().parents[1]
 YAMLS = sorted((ROOT / "experiments").rglob("*.yaml"))
 
 # Shrinks any experiment to seconds while keeping its stages, agent rules, losses and ablation switches.
-TINY = [
-    "model.name_or_path=tiny",
-    "model.dtype=float32",
-    "model.quantization=none",
-    "model.gradient_checkpointing=false",
-    "memory.embedder=hash",
-    "memory.hash_dim=64",
+OVERLAY = TINY + [
     "data.max_records=12",
-    "data.num_docs=4",
-    "data.max_questions=2",
     "data.val_fraction=0.5",
-    "data.chunk_tokens=128",
-    "data.chunk_overlap=8",
     "data.synthetic.num_records=12",
     "sampling.max_new_tokens=4",
     "sampling.batch_size=8",
@@ -39,11 +31,13 @@ TINY = [
     "grpo.val_every=1",
     "grpo.val_samples=1",
     "eval.max_samples=1",
-    "trainer.accelerator=cpu",
-    "trainer.devices=1",
-    "trainer.strategy=auto",
-    "trainer.precision=32-true",
 ]
+
+
+def local_data(path: Path) -> list[str]:
+    """The YAML's dataset read from the invented fixture file of its format (the YAMLs name ../shared/data)."""
+    cfg = load_config(path)
+    return [] if cfg.data.dataset == "synthetic" else [f"data.path={FIXTURE_FILES[cfg.data.dataset]}"]
 
 
 def test_there_are_experiments():
@@ -68,10 +62,19 @@ def test_yaml_loads_strictly_and_header_names_its_command(path):
         assert cfg.eval.methods
 
 
+@pytest.mark.realdata
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.relative_to(ROOT / "experiments").as_posix())
+def test_yaml_data_path_exists(path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # data paths in the YAMLs are relative to the repository root, like the README's commands
+    cfg = load_config(path)
+    assert cfg.data.dataset == "synthetic" or Path(cfg.data.path).is_file(), f"{path.name}: {cfg.data.path}"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.relative_to(ROOT / "experiments").as_posix())
 def test_yaml_smoke_runs_with_a_tiny_overlay(path, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # data paths in the YAMLs are relative to the repository root, like the README's commands
-    cfg = load_config(path, TINY + [f"run.out_dir={tmp_path}"])
+    cfg = load_config(path, OVERLAY + local_data(path) + [f"run.out_dir={tmp_path}"])
     if "atom.evaluate" in path.read_text().splitlines()[0]:
         from atom.evaluate import run
 
@@ -84,10 +87,11 @@ def test_yaml_smoke_runs_with_a_tiny_overlay(path, tmp_path, monkeypatch):
     assert (cfg.run.dir / "config.yaml").is_file() or (cfg.run.dir / "eval" / "config.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_an_evaluation_after_each_stage_is_labelled_by_what_was_trained(tmp_path):
     cfg = load_config(
         ROOT / "experiments" / "quickstart.yaml",
-        TINY + [f"run.out_dir={tmp_path}", "run.stages=[sft,eval,grpo,eval]", "eval.before_training=true"],
+        OVERLAY + [f"run.out_dir={tmp_path}", "run.stages=[sft,eval,grpo,eval]", "eval.before_training=true"],
     )
     table = fit(cfg)
     assert list(table) == ["atommem (before)", "atommem (after sft)", "atommem (after sft+grpo)"]

@@ -11,18 +11,9 @@ from atom.config import load_config
 from atom.fit import Pipeline, run_grpo
 from atom.train.grpo import PromptSchedule, TurnSequence, pad_batch, token_logprobs
 
-TINY = [
-    "model.name_or_path=tiny",
-    "memory.embedder=hash",
-    "memory.hash_dim=64",
-    "data.dataset=synthetic",
-    "data.synthetic.num_records=16",
-    "data.synthetic.num_entities=20",
-    "data.synthetic.distractors=2",
-    "data.num_docs=4",
-    "data.max_questions=2",
-    "data.chunk_tokens=128",
-    "data.chunk_overlap=8",
+from .conftest import TINY_SYNTHETIC
+
+TINY = TINY_SYNTHETIC + [
     "sampling.max_new_tokens=6",
     "agent.answer_reads=0",
     "grpo.group_size=4",
@@ -44,8 +35,8 @@ def parity_reward(monkeypatch):
     )
 
 
-def test_padded_batch_aligns_old_logprobs_and_mask_with_the_model(tmp_path):
-    p = Pipeline(load_config(None, TINY + [f"run.out_dir={tmp_path}"]))
+def test_padded_batch_aligns_old_logprobs_and_mask_with_the_model(tiny_pipeline):
+    p = tiny_pipeline()
     policy = HFPolicy(p.model, p.tokenizer, SamplingConfig(max_new_tokens=5, seed=1))
     msgs = [[{"role": "user", "content": "short"}], [{"role": "user", "content": "a longer prompt " * 8}]]
     replies = policy.act([None, None], msgs)

@@ -1,9 +1,9 @@
-"""Loaders: the real shipped samples, hub-layout rows, and clear errors on corrupted copies."""
+"""Loaders: the original formats (invented fixture files), the real shipped samples (realdata), hub-layout rows,
+and clear errors on corrupted copies."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import datasets
 import pytest
@@ -12,10 +12,9 @@ from atom.data.datamodule import DataConfig
 from atom.data.loaders import load_2wiki, load_hotpotqa, load_musique, load_records, records_from_rows
 from atom.data.records import DataError, Paragraph
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-HOTPOT = DATA / "hotpotqa" / "hotpot_dev_distractor_v1.sample.json"
-WIKI = DATA / "2wikimultihopqa" / "dev.sample.json"
-MUSIQUE = DATA / "musique" / "musique_ans_v1.0_dev.sample.jsonl"
+from .conftest import FIXTURE_FILES, REAL_FILES
+
+HOTPOT, WIKI, MUSIQUE = FIXTURE_FILES["hotpotqa"], FIXTURE_FILES["2wiki"], FIXTURE_FILES["musique"]
 
 
 @pytest.fixture(scope="module")
@@ -33,59 +32,123 @@ def musique():
     return load_musique(MUSIQUE)
 
 
-def test_hotpotqa_sample(hotpot):
-    assert len(hotpot) == 103
+def test_hotpotqa_format(hotpot):
+    assert [r.id for r in hotpot] == [f"hq-000{i}" for i in range(1, 7)]
     first = hotpot[0]
-    assert first.id == "5a8b57f25542995d1e6f1371"
-    assert first.question == "Were Scott Derrickson and Ed Wood of the same nationality?"
+    assert first.question == "Were Mira Koval and Tobin Ashe both painters?"
     assert first.answers == ("yes",)
     assert first.dataset == "hotpotqa"
-    assert len(first.paragraphs) == 10
-    assert first.supporting == (1, 4)
-    assert [first.paragraphs[i].title for i in first.supporting] == ["Scott Derrickson", "Ed Wood"]
-    assert first.supporting_sentences == ((1, 0), (4, 0))
+    assert len(first.paragraphs) == 4
+    assert first.supporting == (1, 3)
+    assert [first.paragraphs[i].title for i in first.supporting] == ["Mira Koval", "Tobin Ashe"]
+    assert first.supporting_sentences == ((1, 0), (3, 0))
     # HotpotQA sentences after the first carry their separating space: the text is their plain concatenation
     para = first.paragraphs[0]
     assert para.sentences[1].startswith(" ")
     assert para.text == "".join(para.sentences)
-    assert hotpot[-1].id == "5ae738f75542991bbc9761c4"
-    assert sum(len(r.paragraphs) == 2 for r in hotpot) == 1  # the one record with 2 paragraphs (README)
+    # one paragraph holding two supporting sentences: one supporting paragraph, two gold facts
+    third = hotpot[2]
+    assert third.supporting == (0,) and third.supporting_sentences == ((0, 0), (0, 1))
 
 
-def test_2wiki_sample(wiki):
-    assert len(wiki) == 400
+def test_2wiki_format(wiki):
+    assert [r.id for r in wiki] == ["w-0001", "w-0002", "w-0003", "w-0004"]
     first = wiki[0]
-    assert first.id == "91edc89c0bdc11eba7f7acde48001122"
-    assert first.question == "Where does the founder of Les Films Du Losange work at?"
-    assert first.answers == ("Cahiers du cinéma",)
-    assert first.supporting == (2, 4)
-    assert [first.paragraphs[i].title for i in first.supporting] == ["Les films du losange", "Éric Rohmer"]
-    assert first.supporting_sentences == ((2, 0), (4, 2))
+    assert first.question == "Where does the founder of Kessel Films work?"
+    assert first.answers == ("Lumen Review",)
+    assert first.supporting == (0, 1)
+    assert [first.paragraphs[i].title for i in first.supporting] == ["Orla Brant", "Kessel Films"]
+    assert first.supporting_sentences == ((0, 2), (1, 1))
     # 2Wiki stores bare sentences: the loader gives each later one its separating space
     raw = json.loads(WIKI.read_text())[0]["context"][0][1]
     para = first.paragraphs[0]
     assert para.text == " ".join(raw)
     assert para.sentences == (raw[0], *(" " + s for s in raw[1:]))
-    assert all(len(r.paragraphs) == 10 for r in wiki)
 
 
 def test_2wiki_fact_past_last_sentence_keeps_the_paragraph(wiki):
-    record = next(r for r in wiki if r.id == "77f5a3dc0bb011ebab90acde48001122")
-    j = next(i for i, p in enumerate(record.paragraphs) if p.title == "Princess Alexandra of Hanover (born 1999)")
+    record = next(r for r in wiki if r.id == "w-0003")
+    j = next(i for i, p in enumerate(record.paragraphs) if p.title == "Princess Ysolde of Marrin")
     assert len(record.paragraphs[j].sentences) == 1
     assert j in record.supporting
-    assert all(p != j for p, _ in record.supporting_sentences)
+    assert all(p != j or s == 0 for p, s in record.supporting_sentences)
 
 
 def test_2wiki_repeated_paragraph_facts_point_at_first_copy(wiki):
-    record = next(r for r in wiki if r.id == "07f2140e0bdc11eba7f7acde48001122")
+    record = next(r for r in wiki if r.id == "w-0004")
     titles = [p.title for p in record.paragraphs]
     assert len(titles) > len(set(titles))
     for i in record.supporting:
         assert titles.index(titles[i]) == i
 
 
-def test_musique_sample(musique):
+def test_musique_format(musique):
+    assert [r.id for r in musique] == ["2hop__1001_1002", "2hop__1003_1004", "3hop1__1005_1006_1007"]
+    first = musique[0]
+    assert first.question == "What is the seat of the county where Hale Township is located?"
+    assert first.answers == ("Millford",)
+    assert len(first.paragraphs) == 4
+    assert first.supporting == (1, 3)
+    assert first.supporting_sentences == ((1, 0), (3, 0))
+    check_musique_against_raw(musique, MUSIQUE)
+    assert musique[1].answers == ("Ostry", "Ostry port")  # gold first, aliases after, no repeat
+
+
+def check_musique_against_raw(records, path) -> None:
+    raw = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [p.text for p in records[0].paragraphs] == [p["paragraph_text"] for p in raw[0]["paragraphs"]]
+    # gold answer first, then the aliases, without repeats
+    for record, row in zip(records, raw, strict=True):
+        assert record.answers[0] == row["answer"]
+        assert set(record.answers) == {row["answer"], *row["answer_aliases"]}
+        assert len(record.answers) == len(set(record.answers))
+        assert record.supporting == tuple(i for i, p in enumerate(row["paragraphs"]) if p["is_supporting"])
+    assert any(len(r.answers) > 1 for r in records)
+
+
+# ---- the real shipped samples (../shared/data) -----------------------------------------------------------
+
+
+@pytest.mark.realdata
+def test_real_hotpotqa_sample():
+    hotpot = load_hotpotqa(REAL_FILES["hotpotqa"])
+    assert len(hotpot) == 103
+    first = hotpot[0]
+    assert first.id == "5a8b57f25542995d1e6f1371"
+    assert first.question == "Were Scott Derrickson and Ed Wood of the same nationality?"
+    assert first.answers == ("yes",)
+    assert len(first.paragraphs) == 10
+    assert first.supporting == (1, 4)
+    assert [first.paragraphs[i].title for i in first.supporting] == ["Scott Derrickson", "Ed Wood"]
+    assert first.supporting_sentences == ((1, 0), (4, 0))
+    assert hotpot[-1].id == "5ae738f75542991bbc9761c4"
+    assert sum(len(r.paragraphs) == 2 for r in hotpot) == 1  # the one record with 2 paragraphs (data README)
+    # HotpotQA's splitter sometimes cuts inside a quoted title; plain concatenation must not add a space there
+    assert any('"I...Amanda Lepore"' in p.text for r in hotpot for p in r.paragraphs)
+    assert load_records(DataConfig(dataset="hotpotqa", path=str(REAL_FILES["hotpotqa"]))) == hotpot
+
+
+@pytest.mark.realdata
+def test_real_2wiki_sample():
+    wiki = load_2wiki(REAL_FILES["2wiki"])
+    assert len(wiki) == 400
+    first = wiki[0]
+    assert first.id == "91edc89c0bdc11eba7f7acde48001122"
+    assert first.answers == ("Cahiers du cinéma",)
+    assert [first.paragraphs[i].title for i in first.supporting] == ["Les films du losange", "Éric Rohmer"]
+    assert first.supporting_sentences == ((2, 0), (4, 2))
+    assert all(len(r.paragraphs) == 10 for r in wiki)
+    # the upstream quirk the data README names: a supporting fact past its paragraph's only sentence
+    record = next(r for r in wiki if r.id == "77f5a3dc0bb011ebab90acde48001122")
+    j = next(i for i, p in enumerate(record.paragraphs) if p.title == "Princess Alexandra of Hanover (born 1999)")
+    assert len(record.paragraphs[j].sentences) == 1 and j in record.supporting
+    assert all(p != j for p, _ in record.supporting_sentences)
+    assert len(load_records(DataConfig(dataset="2wiki", path=str(REAL_FILES["2wiki"]), max_records=7))) == 7
+
+
+@pytest.mark.realdata
+def test_real_musique_sample():
+    musique = load_musique(REAL_FILES["musique"])
     assert len(musique) == 150
     first = musique[0]
     assert first.id == "2hop__574419_270105"
@@ -93,23 +156,14 @@ def test_musique_sample(musique):
     assert first.answers == ("Stanley",)
     assert len(first.paragraphs) == 20
     assert first.supporting == (1, 8)
-    assert first.supporting_sentences == ((1, 0), (8, 0))
-    raw = [json.loads(line) for line in MUSIQUE.read_text().splitlines()]
-    assert [p.text for p in first.paragraphs] == [p["paragraph_text"] for p in raw[0]["paragraphs"]]
-    # gold answer first, then the aliases, without repeats
-    for record, row in zip(musique, raw):
-        assert record.answers[0] == row["answer"]
-        assert set(record.answers) == {row["answer"], *row["answer_aliases"]}
-        assert len(record.answers) == len(set(record.answers))
-        assert record.supporting == tuple(i for i, p in enumerate(row["paragraphs"]) if p["is_supporting"])
-    assert any(len(r.answers) > 1 for r in musique)
+    check_musique_against_raw(musique, REAL_FILES["musique"])
 
 
 def test_max_records_takes_the_first_in_file_order(hotpot, musique):
     assert [r.id for r in load_hotpotqa(HOTPOT, max_records=5)] == [r.id for r in hotpot[:5]]
-    assert [r.id for r in load_musique(MUSIQUE, max_records=3)] == [r.id for r in musique[:3]]
-    cfg = DataConfig(dataset="2wiki", path=str(WIKI), max_records=7)
-    assert len(load_records(cfg)) == 7
+    assert [r.id for r in load_musique(MUSIQUE, max_records=2)] == [r.id for r in musique[:2]]
+    cfg = DataConfig(dataset="2wiki", path=str(WIKI), max_records=3)
+    assert len(load_records(cfg)) == 3
 
 
 def test_load_records_dispatches_local_files(hotpot):
@@ -203,13 +257,13 @@ def test_unknown_dataset_lists_the_valid_names():
 def test_truncated_json_names_the_broken_record(tmp_path):
     text = HOTPOT.read_text()
     records = json.loads(text)
-    cut = text.index(f'"_id":"{records[50]["_id"]}"') + 300  # the file is compact JSON, as upstream
+    cut = text.index(f'"_id":"{records[4]["_id"]}"') + 150  # the file is compact JSON, as upstream
     bad = tmp_path / "truncated.json"
     bad.write_text(text[:cut])
     with pytest.raises(DataError) as err:
         load_hotpotqa(bad)
     message = str(err.value)
-    assert str(bad) in message and "record 50" in message and records[50]["_id"] in message
+    assert str(bad) in message and "record 4" in message and records[4]["_id"] in message
 
 
 def test_truncated_after_a_record_says_so(tmp_path):
@@ -220,7 +274,7 @@ def test_truncated_after_a_record_says_so(tmp_path):
 
 
 def test_missing_key_names_record_and_key(tmp_path):
-    records = json.loads(WIKI.read_text())[:5]
+    records = json.loads(WIKI.read_text())[:4]
     del records[3]["question"]
     bad = tmp_path / "nokey.json"
     bad.write_text(json.dumps(records))
@@ -229,11 +283,11 @@ def test_missing_key_names_record_and_key(tmp_path):
 
 
 def test_bad_supporting_title_names_record_and_title(tmp_path):
-    records = json.loads(HOTPOT.read_text())[:9]
-    records[7]["supporting_facts"][0][0] = "No Such Title"
+    records = json.loads(HOTPOT.read_text())[:6]
+    records[5]["supporting_facts"][0][0] = "No Such Title"
     bad = tmp_path / "title.json"
     bad.write_text(json.dumps(records))
-    with pytest.raises(DataError, match=rf"title.json: record 7 \(id '{records[7]['_id']}'\).*'No Such Title'"):
+    with pytest.raises(DataError, match=rf"title.json: record 5 \(id '{records[5]['_id']}'\).*'No Such Title'"):
         load_hotpotqa(bad)
 
 
@@ -253,25 +307,25 @@ def test_wrong_types_and_container(tmp_path):
 
 
 def test_non_json_line_in_jsonl_names_line_and_record(tmp_path):
-    lines = MUSIQUE.read_text().splitlines()[:8]
-    lines[4] = "this is not json"
+    lines = MUSIQUE.read_text().splitlines()[:3]
+    lines[2] = "this is not json"
     bad = tmp_path / "broken.jsonl"
     bad.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match=r"broken.jsonl: record 4 \(line 5, id unknown\): not valid JSON"):
+    with pytest.raises(DataError, match=r"broken.jsonl: record 2 \(line 3, id unknown\): not valid JSON"):
         load_musique(bad)
 
 
 def test_musique_paragraph_errors_name_the_paragraph(tmp_path):
     rows = [json.loads(line) for line in MUSIQUE.read_text().splitlines()[:2]]
-    rows[1]["paragraphs"][3]["is_supporting"] = "yes"
+    rows[1]["paragraphs"][2]["is_supporting"] = "yes"
     bad = tmp_path / "para.jsonl"
     bad.write_text("\n".join(json.dumps(r) for r in rows))
-    with pytest.raises(DataError, match=rf"record 1 \(id '{rows[1]['id']}'\): paragraphs\[3\].*is_supporting"):
+    with pytest.raises(DataError, match=rf"record 1 \(id '{rows[1]['id']}'\): paragraphs\[2\].*is_supporting"):
         load_musique(bad)
 
 
 def test_hotpotqa_text_keeps_splitter_cuts_inside_quotes(hotpot):
     # HotpotQA's splitter sometimes cuts inside a quoted title; plain concatenation must not add a space there
     texts = [p.text for r in hotpot for p in r.paragraphs]
-    assert any('"I...Amanda Lepore"' in t for t in texts)
+    assert any('"Moon...River Lights"' in t for t in texts)
     assert Paragraph("t", ()).text == ""

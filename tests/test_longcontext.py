@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import pytest
 
@@ -12,7 +11,7 @@ from atom.data.loaders import load_hotpotqa
 from atom.data.longcontext import build_samples, document_spans, paragraph_pool, render
 from atom.data.synthetic import SyntheticConfig, generate
 
-HOTPOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "hotpotqa" / "hotpot_dev_distractor_v1.sample.json"
+from .conftest import FIXTURE_FILES, REAL_FILES
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +107,22 @@ def test_external_pool_supplies_distractors(synthetic):
     assert any(p.key in train_keys for s in samples for p in s.documents)
 
 
+def test_hotpotqa_file_samples():
+    records = load_hotpotqa(FIXTURE_FILES["hotpotqa"])
+    samples = build_samples(records, DataConfig(dataset="hotpotqa", num_docs=8, seed=0))
+    assert sum(len(s.questions) for s in samples) == len(records)
+    first = samples[0]
+    assert first.id == "hotpotqa-8-all-0" and first.questions[0] == records[0].question
+    assert all(len(s.documents) == 8 for s in samples)
+    assert {first.documents[d].title for d in first.supporting_docs[0]} == {"Mira Koval", "Tobin Ashe"}
+    for s in samples:  # every gold fact points at its sentence inside the sample's documents
+        for per_q in s.supporting_facts:
+            assert all(s.documents[d].sentences[i] in s.context for d, i in per_q)
+
+
+@pytest.mark.realdata
 def test_real_hotpotqa_samples():
-    records = load_hotpotqa(HOTPOT)
+    records = load_hotpotqa(REAL_FILES["hotpotqa"])
     samples = build_samples(records, DataConfig(dataset="hotpotqa", num_docs=200, seed=0))
     assert sum(len(s.questions) for s in samples) == 103
     first = samples[0]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -22,13 +21,9 @@ from atom.data.synthetic import SyntheticConfig, generate
 from atom.memory.embedder import HashEmbedder
 from atom.memory.store import MemoryConfig, MemoryStore
 
+from .conftest import FIXTURE_FILES, REAL_FILES
+
 MEM = MemoryConfig(embedder="hash", hash_dim=256)
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-FILES = {
-    "hotpotqa": "hotpotqa/hotpot_dev_distractor_v1.sample.json",
-    "2wiki": "2wikimultihopqa/dev.sample.json",
-    "musique": "musique/musique_ans_v1.0_dev.sample.jsonl",
-}
 STATUS = re.compile(r"Q\d+: (have .+|nothing yet)")
 
 
@@ -241,9 +236,21 @@ def test_answer_phase_reads_for_missing_facts_then_answers(boxed):
     assert ep.done and result.reward == 1.0 and result.facts_retrieved == 1.0
 
 
-@pytest.mark.parametrize("dataset", sorted(FILES))
+@pytest.mark.parametrize("dataset", sorted(FIXTURE_FILES))
+def test_oracle_is_perfect_on_each_dataset_format(dataset):
+    cfg = DataConfig(dataset=dataset, path=str(FIXTURE_FILES[dataset]), num_docs=8, seed=0)
+    samples = build_samples(load_records(cfg), cfg)
+    _, trajs = run(samples, chunk_tokens=60, overlap=20)
+    for traj in trajs:
+        assert traj.result.em == [1.0] * len(traj.result.em)
+        assert sum(traj.result.stats.invalid.values()) == 0
+        assert traj.result.facts_stored == 1.0
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("dataset", sorted(REAL_FILES))
 def test_oracle_is_perfect_on_the_shipped_samples(dataset):
-    cfg = DataConfig(dataset=dataset, path=str(DATA / FILES[dataset]), num_docs=30, seed=0)
+    cfg = DataConfig(dataset=dataset, path=str(REAL_FILES[dataset]), num_docs=30, seed=0)
     samples = build_samples(load_records(cfg), cfg)[:6]
     _, trajs = run(samples, chunk_tokens=400, overlap=100)
     stored = [t.result.facts_stored for t in trajs]

@@ -1,4 +1,4 @@
-"""The static baselines of DESIGN.md section 5, as episodes the same ``RolloutEngine`` runs for any policy.
+"""The paper's comparison baselines (full context, RAG, MemAgent), as episodes the ``RolloutEngine`` runs.
 
 Each class follows the ``Episode`` protocol (``messages``, ``observe``, ``commit``, ``done``, ``phase``,
 ``stats``, ``result``, ``sample``), so baselines are batched, counted and scored like the AtomMem agent:

@@ -1,4 +1,4 @@
-"""One AtomMem episode: the POMDP of DESIGN.md section 1 as a small state machine.
+"""One AtomMem episode: the agent's POMDP (read chunks, then answer each question) as a small state machine.
 
 State: the questions, the scratchpad, the memory store (stable ids), the current read query, the position in the
 chunk stream, and in the answer phase the question being asked and its remaining reads.

@@ -1,6 +1,6 @@
 """The oracle teacher: a policy that reads the gold supporting facts and writes ideal CRUD trajectories.
 
-Its replies become SFT demonstrations (DESIGN.md section 3), so each is what we want a model to write: a short
+Its replies become SFT demonstrations (the cold start before GRPO), so each is what we want a model to write: a short
 line of reasoning, then well-formed actions (``render_action``) of the operations the ``AgentConfig`` enables,
 addressing only ids shown in the prompt.
 

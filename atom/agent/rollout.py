@@ -4,7 +4,8 @@ At every step the engine asks each active episode for its prompt, makes one ``po
 then gathers every create/update text (as documents) and every read query (as queries) of that step into one
 ``encode_documents`` and one ``encode_queries`` call, and hands the vectors back to the episodes. Each turn keeps
 the token ids the policy saw and produced, the sampling log-probabilities and the loss mask, exactly as generated;
-nothing is re-tokenized afterwards (DESIGN.md section 3, verl's lesson).
+nothing is re-tokenized afterwards (re-tokenizing decoded text can split it differently from the sampled
+tokens, and the GRPO ratio would then be taken over tokens the policy never produced).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Loaders for HotpotQA, 2WikiMultihopQA and MuSiQue: original file formats or a ``datasets`` hub copy.
 
-Original formats (see ``../shared/data/README.md``):
+Original formats (the upstream dev/train files):
 
 - HotpotQA (distractor) and 2WikiMultihopQA: one JSON array; each record has ``_id``, ``question``,
   ``answer``, ``context: [[title, [sentence, ...]], ...]`` and

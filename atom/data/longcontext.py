@@ -1,6 +1,6 @@
 """The paper's long-context samples: questions grouped together and hidden among distractor documents.
 
-Protocol (AtomMem / MemAgent data generator, DESIGN.md section 2):
+Protocol (the data generator of AtomMem and MemAgent, which AtomMem's evaluation follows):
 
 1. The paragraph pool is every paragraph of the split's records, de-duplicated by (title, text), in file
    order.

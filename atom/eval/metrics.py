@@ -1,6 +1,6 @@
 """Answer scoring: SQuAD-style exact match and token F1, the boxed-answer option, and the episode reward.
 
-The reward (DESIGN.md section 1) is the mean exact match over a sample's questions. ``score_questions`` pairs
+The episode reward is the mean exact match over a sample's questions. ``score_questions`` pairs
 predictions with questions by position: each question contributes one prediction scored against its own gold
 aliases, exactly once. So the reward lies in [0, 1], and one correct answer can never be counted for several
 golds (the AtomMem release's rule reward could count it several times and go above 1).

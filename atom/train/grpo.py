@@ -1,4 +1,4 @@
-"""GRPO for memory agents, as AtomMem trains it (DESIGN.md section 3), with Lightning manual optimization.
+"""GRPO for memory agents, as AtomMem trains it (after the SFT cold start), with Lightning manual optimization.
 
 Objective, per rollout step (each symbol -> ``GRPOConfig`` field):
 

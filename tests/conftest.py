@@ -1,0 +1,83 @@
+"""Shared test settings: the tiny config, dataset files, and the markers' skip rules.
+
+Markers (declared in setup.cfg):
+- ``slow``: seconds or more each (tiny training runs, the embedded SmolLM2 weights); ``pytest -m "not slow"``
+  is the fast tier.
+- ``realdata``: reads the real dataset samples in ``../shared/data`` (beside the repository, as in CI); skipped
+  with a one-line reason when that folder is absent, so a clone of the repository alone runs its own tests
+  on the invented files under ``tests/fixtures/``.
+- ``gpu``: needs CUDA; skipped without it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# Invented records in each dataset's original file format (a few KB each, written for the tests).
+FIXTURE_FILES = {
+    "hotpotqa": FIXTURES / "hotpot_distractor.json",
+    "2wiki": FIXTURES / "2wiki.json",
+    "musique": FIXTURES / "musique.jsonl",
+}
+# The real dev samples (see ../shared/data/README.md beside the repository); tests that read them are realdata.
+REAL_FILES = {
+    "hotpotqa": SHARED_DATA / "hotpotqa" / "hotpot_dev_distractor_v1.sample.json",
+    "2wiki": SHARED_DATA / "2wikimultihopqa" / "dev.sample.json",
+    "musique": SHARED_DATA / "musique" / "musique_ans_v1.0_dev.sample.jsonl",
+}
+
+# The tiny settings every config-driven test starts from: a random 2-layer model, hash embeddings, a handful
+# of short documents, one CPU process. Files add what they test on top.
+TINY = [
+    "model.name_or_path=tiny",
+    "model.dtype=float32",
+    "model.quantization=none",
+    "model.gradient_checkpointing=false",
+    "memory.embedder=hash",
+    "memory.hash_dim=64",
+    "data.num_docs=4",
+    "data.max_questions=2",
+    "data.chunk_tokens=128",
+    "data.chunk_overlap=8",
+    "trainer.accelerator=cpu",
+    "trainer.devices=1",
+    "trainer.strategy=auto",
+    "trainer.precision=32-true",
+]
+# A small synthetic task on top of TINY (the GRPO, SFT and collect tests).
+TINY_SYNTHETIC = TINY + [
+    "data.dataset=synthetic",
+    "data.synthetic.num_records=16",
+    "data.synthetic.num_entities=20",
+    "data.synthetic.distractors=2",
+]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    no_data = pytest.mark.skip(reason=f"needs the real dataset samples in {SHARED_DATA} (absent)")
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    have_data, have_gpu = SHARED_DATA.is_dir(), torch.cuda.is_available()
+    for item in items:
+        if "realdata" in item.keywords and not have_data:
+            item.add_marker(no_data)
+        if "gpu" in item.keywords and not have_gpu:
+            item.add_marker(no_gpu)
+
+
+@pytest.fixture
+def tiny_pipeline(tmp_path):
+    """A factory of ``Pipeline``s built from TINY_SYNTHETIC plus ``overrides``, writing under a fresh run dir."""
+    from atom.config import load_config
+    from atom.fit import Pipeline
+
+    def build(*overrides: str):
+        return Pipeline(load_config(None, TINY_SYNTHETIC + [f"run.out_dir={tmp_path}", *overrides]))
+
+    return build
