@@ -23,9 +23,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from atom.agent.episode import AgentConfig
 from atom.agent.hf_policy import SamplingConfig
-from atom.data.datamodule import DataConfig
+from atom.data.loaders import DataConfig
 from atom.eval.harness import EvalConfig
-from atom.memory.store import MemoryConfig
+from atom.memory.embedder import MemoryConfig
 from atom.train.grpo import GRPOConfig
 from atom.train.models import ModelConfig
 from atom.train.sft import SFTConfig

@@ -27,8 +27,12 @@ import hnswlib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing atom
-from atom.memory.embedder import HashEmbedder, build_embedder  # noqa: E402
-from atom.memory.store import MemoryConfig, MemoryStore  # noqa: E402
+from atom.memory.embedder import (  # noqa: E402
+    HashEmbedder,
+    MemoryConfig,  # noqa: E402
+    build_embedder,
+)
+from atom.memory.store import MemoryStore  # noqa: E402
 
 DIM = 384
 TOP_K = 6

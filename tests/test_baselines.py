@@ -11,11 +11,10 @@ from atom.agent.baselines import CUT_MARKER, document_text, parse_answer
 from atom.agent.episode import ANSWER, READ, AgentConfig
 from atom.agent.rollout import Reply, RolloutEngine
 from atom.data.chunker import TokenChunker
-from atom.data.datamodule import DataConfig
+from atom.data.loaders import DataConfig
 from atom.data.longcontext import build_samples
 from atom.data.synthetic import SyntheticConfig, generate
-from atom.memory.embedder import HashEmbedder
-from atom.memory.store import MemoryConfig
+from atom.memory.embedder import HashEmbedder, MemoryConfig
 
 MEM = MemoryConfig(embedder="hash", hash_dim=256)
 

@@ -10,7 +10,8 @@ import torch
 from omegaconf import OmegaConf
 
 from atom.data.__main__ import main as stats_main
-from atom.data.datamodule import AtomDataModule, DataConfig, EpochShuffler, split_records
+from atom.data.datamodule import AtomDataModule, EpochShuffler, split_records
+from atom.data.loaders import DataConfig
 from atom.data.longcontext import LongContextSample
 from atom.data.synthetic import SyntheticConfig
 

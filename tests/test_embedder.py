@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 import atom.memory.embedder as embedder_module
-from atom.memory.embedder import HashEmbedder, SentenceEmbedder, build_embedder, resolve_device
-from atom.memory.store import MemoryConfig
+from atom.memory.embedder import HashEmbedder, MemoryConfig, SentenceEmbedder, build_embedder, resolve_device
 
 TEXTS = [
     "The Eiffel Tower is in Paris.",

@@ -7,8 +7,8 @@ import pytest
 from atom.agent.episode import ANSWER, READ, AgentConfig, Episode
 from atom.data.longcontext import LongContextSample
 from atom.data.records import Paragraph
-from atom.memory.embedder import HashEmbedder
-from atom.memory.store import MemoryConfig, MemoryStore
+from atom.memory.embedder import HashEmbedder, MemoryConfig
+from atom.memory.store import MemoryStore
 
 
 def make_sample(questions=("Where was Alden Voss born?",), answers=(("Marrow Creek",),)) -> LongContextSample:

@@ -8,8 +8,7 @@ import json
 import datasets
 import pytest
 
-from atom.data.datamodule import DataConfig
-from atom.data.loaders import load_2wiki, load_hotpotqa, load_musique, load_records, records_from_rows
+from atom.data.loaders import DataConfig, load_2wiki, load_hotpotqa, load_musique, load_records, records_from_rows
 from atom.data.records import DataError, Paragraph
 
 from .conftest import FIXTURE_FILES, REAL_FILES

@@ -6,8 +6,7 @@ import warnings
 
 import pytest
 
-from atom.data.datamodule import DataConfig
-from atom.data.loaders import load_hotpotqa
+from atom.data.loaders import DataConfig, load_hotpotqa
 from atom.data.longcontext import build_samples, document_spans, paragraph_pool, render
 from atom.data.synthetic import SyntheticConfig, generate
 

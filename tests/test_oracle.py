@@ -13,13 +13,12 @@ from atom.agent.episode import ANSWER, AgentConfig, Episode
 from atom.agent.oracle import OraclePolicy, sample_facts
 from atom.agent.rollout import RolloutEngine, atommem_episode
 from atom.data.chunker import TokenChunker
-from atom.data.datamodule import DataConfig
-from atom.data.loaders import load_records
+from atom.data.loaders import DataConfig, load_records
 from atom.data.longcontext import LongContextSample, build_samples, render
 from atom.data.records import Paragraph
 from atom.data.synthetic import SyntheticConfig, generate
-from atom.memory.embedder import HashEmbedder
-from atom.memory.store import MemoryConfig, MemoryStore
+from atom.memory.embedder import HashEmbedder, MemoryConfig
+from atom.memory.store import MemoryStore
 
 from .conftest import FIXTURE_FILES, REAL_FILES
 

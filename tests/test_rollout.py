@@ -11,11 +11,10 @@ from atom.agent.episode import AgentConfig
 from atom.agent.hf_policy import HFPolicy, SamplingConfig
 from atom.agent.rollout import Reply, RolloutEngine, Turn, atommem_episode
 from atom.data.chunker import TokenChunker
-from atom.data.datamodule import DataConfig
+from atom.data.loaders import DataConfig
 from atom.data.longcontext import build_samples
 from atom.data.synthetic import SyntheticConfig, generate
-from atom.memory.embedder import HashEmbedder
-from atom.memory.store import MemoryConfig
+from atom.memory.embedder import HashEmbedder, MemoryConfig
 from atom.train.models import ModelConfig, load_model, load_tokenizer
 
 MEM = MemoryConfig(embedder="hash", hash_dim=64)

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from atom.memory.embedder import HashEmbedder
-from atom.memory.store import Entry, MemoryConfig, MemoryStore
+from atom.memory.embedder import HashEmbedder, MemoryConfig
+from atom.memory.store import Entry, MemoryStore
 
 EXACT = MemoryConfig(embedder="hash")
 HNSW = MemoryConfig(embedder="hash", exact_below=0, initial_capacity=4)

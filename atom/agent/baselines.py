@@ -28,10 +28,10 @@ import numpy as np
 from atom.agent import prompts
 from atom.agent.actions import parse_actions
 from atom.agent.episode import ANSWER, DONE, READ, AgentConfig, EmbedRequest, EpisodeResult, EpisodeStats
+from atom.agent.rewards import normalize_answer, score_questions
 from atom.agent.rollout import EpisodeFactory
 from atom.data.chunker import TokenChunker
 from atom.data.longcontext import LongContextSample
-from atom.eval.metrics import normalize_answer, score_questions
 from atom.memory.store import MemoryStore
 
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)

@@ -29,8 +29,8 @@ import numpy as np
 
 from atom.agent import prompts
 from atom.agent.actions import Action, parse_actions
+from atom.agent.rewards import normalize_answer, score_questions
 from atom.data.longcontext import LongContextSample
-from atom.eval.metrics import normalize_answer, score_questions
 from atom.memory.store import Entry, MemoryStore
 
 READ, ANSWER, DONE = "read", "answer", "done"

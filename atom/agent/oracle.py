@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from atom.agent.actions import Action, render_action
 from atom.agent.episode import ANSWER, READ, Episode
 from atom.agent.prompts import Messages
+from atom.agent.rewards import normalize_answer
 from atom.agent.rollout import Reply
 from atom.data.longcontext import LongContextSample
-from atom.eval.metrics import normalize_answer
 from atom.memory.store import Entry
 
 _NOTHING = (

@@ -22,8 +22,8 @@ from atom.agent.episode import AgentConfig, EmbedRequest, Episode, EpisodeResult
 from atom.agent.prompts import Messages
 from atom.data.chunker import TokenChunker
 from atom.data.longcontext import LongContextSample
-from atom.memory.embedder import Embedder
-from atom.memory.store import MemoryConfig, MemoryStore
+from atom.memory.embedder import Embedder, MemoryConfig
+from atom.memory.store import MemoryStore
 
 
 @dataclass

@@ -27,17 +27,64 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from atom.data.records import DATASETS, DataError, Paragraph, QARecord, dedupe
-from atom.data.synthetic import generate
-
-if TYPE_CHECKING:
-    from atom.data.datamodule import DataConfig
+from atom.data.synthetic import SyntheticConfig, generate
 
 log = logging.getLogger(__name__)
 _ID_RE = re.compile(r'"_?id"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+@dataclass
+class DataConfig:
+    """The ``data`` section: source (read by ``load_records``), the long-context protocol (``build_samples``),
+    the split and batches (``AtomDataModule``) and chunking (the rollout engine's ``TokenChunker``).
+
+    It lives here, the lowest module that reads it, so that nothing in the package imports upward for it.
+    """
+
+    dataset: str = "synthetic"  # hotpotqa | 2wiki | musique | synthetic
+    path: str = ""  # local file in the original format, or a datasets hub id (unused for synthetic)
+    hub_config: str = ""  # datasets config name of a hub id ("" = default; hotpot_qa needs "distractor")
+    hub_split: str = "validation"  # datasets split of a hub id
+    max_records: int = 0  # use the first N records in file order; 0 = all
+    val_fraction: float = 0.2  # share of records held out for validation/evaluation; 1.0 = all are evaluation
+    num_docs: int = 200  # documents per long-context sample (the paper: 200 / 400 / 800)
+    single_question_prob: float = 0.5  # probability that a sample has one question (else 2..max_questions)
+    max_questions: int = 10  # most questions grouped into one sample
+    seed: int = 0  # seed of the split, the grouping, the distractors and the document order
+    chunk_tokens: int = 4096  # tokens per chunk the agent reads per step
+    chunk_overlap: int = 100  # tokens shared by consecutive chunks
+    max_chunks: int = 40  # centre-truncate contexts to this many chunks; 0 = never truncate
+    batch_size: int = 1  # samples per batch
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # the synthetic task (dataset=synthetic)
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"data.dataset must be one of {list(DATASETS)}, got '{self.dataset}'")
+        if self.max_records < 0:
+            raise ValueError(f"data.max_records must be >= 0 (0 = all), got {self.max_records}")
+        if not 0.0 <= self.val_fraction <= 1.0:
+            raise ValueError(f"data.val_fraction must be in [0, 1], got {self.val_fraction}")
+        if self.num_docs < 1:
+            raise ValueError(f"data.num_docs must be >= 1, got {self.num_docs}")
+        if not 0.0 <= self.single_question_prob <= 1.0:
+            raise ValueError(f"data.single_question_prob must be in [0, 1], got {self.single_question_prob}")
+        if self.max_questions < 1:
+            raise ValueError(f"data.max_questions must be >= 1, got {self.max_questions}")
+        if self.chunk_tokens < 1:
+            raise ValueError(f"data.chunk_tokens must be >= 1, got {self.chunk_tokens}")
+        if not 0 <= self.chunk_overlap < self.chunk_tokens:
+            raise ValueError(
+                f"data.chunk_overlap must be in 0..chunk_tokens - 1 ({self.chunk_tokens - 1}), got {self.chunk_overlap}"
+            )
+        if self.max_chunks < 0:
+            raise ValueError(f"data.max_chunks must be >= 0 (0 = no truncation), got {self.max_chunks}")
+        if self.batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
 
 
 def _where(source: str, index: int, raw: Any) -> str:

@@ -25,12 +25,9 @@ import random
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from atom.data.loaders import DataConfig
 from atom.data.records import Paragraph, QARecord
-
-if TYPE_CHECKING:
-    from atom.data.datamodule import DataConfig
 
 log = logging.getLogger(__name__)
 _SEPARATOR = "\n\n"

@@ -11,18 +11,45 @@ import hashlib
 import importlib.util
 import os
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from atom.memory.store import MemoryConfig
 
 EMBEDDED_MINILM = "minilm"  # MemoryConfig.embedder value for the all-MiniLM-L6-v2 copy in a PyPI wheel
 HASH = "hash"  # MemoryConfig.embedder value for HashEmbedder
 _TOKEN = re.compile(r"\w+")
+
+
+@dataclass
+class MemoryConfig:
+    """Embedder choice (read by ``build_embedder``) and search settings (read by ``MemoryStore``).
+
+    It lives here, in the lowest module that reads it, so that the store imports it from below.
+    """
+
+    embedder: str = "minilm"  # "minilm" (embedded all-MiniLM-L6-v2), "hash", or a sentence-transformers model
+    query_prefix: str = "auto"  # "auto": the model's own prompts["query"] if it has one; else used literally
+    embed_batch_size: int = 64  # texts per embedder forward pass
+    device: str = "auto"  # embedder device: auto (cuda if available), cpu, cuda, cuda:1, ...
+    hash_dim: int = 256  # dimension of HashEmbedder (embedder="hash")
+    hnsw_m: int = 16  # hnsw graph degree M (links per node per layer)
+    ef_construction: int = 200  # hnsw build-time candidate list size
+    ef_search: int = 64  # hnsw query-time candidate list size (raised to the candidate pool when larger)
+    exact_below: int = 2048  # live entries at or below which reads use an exact scan instead of hnsw
+    initial_capacity: int = 256  # initial hnsw capacity in elements; the index doubles when full
+
+    def __post_init__(self) -> None:
+        if not self.embedder.strip():
+            raise ValueError("memory.embedder must be 'minilm', 'hash', or a hub id / local path, got ''")
+        if not self.device.strip():
+            raise ValueError("memory.device must be 'auto', 'cpu', 'cuda', ..., got ''")
+        lows = {"embed_batch_size": 1, "hash_dim": 2, "hnsw_m": 2, "ef_construction": 1, "ef_search": 1}
+        for name, low in {**lows, "exact_below": 0, "initial_capacity": 1}.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"memory.{name} must be >= {low}, got {getattr(self, name)}")
 
 
 class Embedder(Protocol):

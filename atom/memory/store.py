@@ -31,37 +31,11 @@ from typing import Any
 import hnswlib
 import numpy as np
 
-from atom.memory.embedder import Embedder
+from atom.memory.embedder import Embedder, MemoryConfig
 
 SCORE_DECIMALS = 9  # scores equal after rounding to this many decimals are ties (broken by smaller id)
 _NORM_TOLERANCE = 1e-3  # precomputed vectors must have an L2 norm within this of 1
 _FORMAT = 1  # version of the save() directory layout
-
-
-@dataclass
-class MemoryConfig:
-    """Embedder choice and search settings of the memory store."""
-
-    embedder: str = "minilm"  # "minilm" (embedded all-MiniLM-L6-v2), "hash", or a sentence-transformers model
-    query_prefix: str = "auto"  # "auto": the model's own prompts["query"] if it has one; else used literally
-    embed_batch_size: int = 64  # texts per embedder forward pass
-    device: str = "auto"  # embedder device: auto (cuda if available), cpu, cuda, cuda:1, ...
-    hash_dim: int = 256  # dimension of HashEmbedder (embedder="hash")
-    hnsw_m: int = 16  # hnsw graph degree M (links per node per layer)
-    ef_construction: int = 200  # hnsw build-time candidate list size
-    ef_search: int = 64  # hnsw query-time candidate list size (raised to the candidate pool when larger)
-    exact_below: int = 2048  # live entries at or below which reads use an exact scan instead of hnsw
-    initial_capacity: int = 256  # initial hnsw capacity in elements; the index doubles when full
-
-    def __post_init__(self) -> None:
-        if not self.embedder.strip():
-            raise ValueError("memory.embedder must be 'minilm', 'hash', or a hub id / local path, got ''")
-        if not self.device.strip():
-            raise ValueError("memory.device must be 'auto', 'cpu', 'cuda', ..., got ''")
-        lows = {"embed_batch_size": 1, "hash_dim": 2, "hnsw_m": 2, "ef_construction": 1, "ef_search": 1}
-        for name, low in {**lows, "exact_below": 0, "initial_capacity": 1}.items():
-            if getattr(self, name) < low:
-                raise ValueError(f"memory.{name} must be >= {low}, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
