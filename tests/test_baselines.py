@@ -36,15 +36,15 @@ def samples():
 
 
 class Scripted:
-    """A text policy: ``reply(prompt_text, episode)`` gives each reply; every prompt is kept."""
+    """A scripted teacher: ``reply(prompt_text, view)`` gives each reply; every prompt is kept."""
 
     def __init__(self, reply):
         self.reply, self.prompts = reply, []
 
-    def act(self, episodes, messages):
-        texts = [m[-1]["content"] for m in messages]
+    def act(self, observations):
+        texts = [o.messages[-1]["content"] for o in observations]
         self.prompts += texts
-        return [Reply(self.reply(t, e)) for t, e in zip(texts, episodes)]
+        return [Reply(self.reply(t, o.view)) for t, o in zip(texts, observations)]
 
 
 def gold_or_wrong(prompt: str, episode) -> str:
@@ -179,3 +179,28 @@ def test_llm_call_cap_ends_a_baseline_episode(samples):
     assert len(traj.turns) == 2 and traj.result.predictions[2:] == [None] * (len(sample.questions) - 2)
     with pytest.raises(ValueError, match="max_memory_chars"):
         baselines.memagent_episode(cfg, max_memory_chars=0)
+
+
+def test_every_episode_kind_implements_the_episode_protocol_and_gives_its_view(samples):
+    from atom.agent.episode import Episode
+    from atom.agent.oracle import OraclePolicy
+    from atom.agent.rollout import atommem_episode
+
+    sample = samples[0]
+    factories = {
+        "atommem": atommem_episode(AgentConfig()),
+        "full_context": baselines.full_context_episode(AgentConfig(), max_context_chars=500),
+        "rag": baselines.rag_episode(AgentConfig()),
+        "memagent": baselines.memagent_episode(AgentConfig()),
+    }
+    for kind, factory in factories.items():
+        eng = engine(Scripted(gold_or_wrong), factory)
+        episode = eng.episodes([sample])[0]
+        assert isinstance(episode, Episode), kind
+        view = episode.view()
+        assert view.kind == kind and view.sample is sample and view.phase == episode.phase
+        if kind == "memagent":
+            assert view.chunk == eng.chunks(sample)[0] and view.next_chunk == eng.chunks(sample)[1]
+        if kind != "atommem":
+            with pytest.raises(TypeError, match="AtomMem episodes only"):
+                OraclePolicy().reply(view)

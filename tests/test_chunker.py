@@ -71,6 +71,7 @@ def hotpot_text() -> str:
     return "\n\n".join(f"Document {i + 1}:\n{t}\n{''.join(s)}" for i, (t, s) in enumerate(context))
 
 
+@pytest.mark.slow
 def test_smollm2_chunks_cover_text_exactly(smollm2, hotpot_text):
     chunker = TokenChunker(smollm2, chunk_tokens=64, overlap=16)
     chunks = check_chunks(chunker, hotpot_text)
@@ -78,6 +79,7 @@ def test_smollm2_chunks_cover_text_exactly(smollm2, hotpot_text):
     assert chunker.count_tokens(hotpot_text) == len(smollm2(hotpot_text, add_special_tokens=False)["input_ids"])
 
 
+@pytest.mark.slow
 def test_smollm2_text_comes_from_offsets_not_decoding(smollm2):
     text = "Émilie ☃ 日本語 naïve café — 👩‍👩‍👧 ends here.\n\n  Document 2:\nx"
     chunker = TokenChunker(smollm2, chunk_tokens=5, overlap=2)
@@ -85,6 +87,7 @@ def test_smollm2_text_comes_from_offsets_not_decoding(smollm2):
     assert all(c.text in text for c in chunks)
 
 
+@pytest.mark.slow
 def test_chunks_are_lazy_and_empty_text_gives_none(smollm2):
     chunker = TokenChunker(smollm2, 64, 8)
     assert isinstance(chunker.chunks("some text"), types.GeneratorType)

@@ -87,6 +87,7 @@ def minilm() -> SentenceEmbedder:
     return emb
 
 
+@pytest.mark.slow
 def test_minilm_vectors(minilm):
     docs = minilm.encode_documents(TEXTS)
     assert minilm.dim == 384 and docs.shape == (len(TEXTS), 384) and docs.dtype == np.float32
@@ -98,6 +99,7 @@ def test_minilm_vectors(minilm):
     assert sims[1, 2] > sims[1, 3]  # Curie/Warsaw closer to Warsaw/Poland than to bananas
 
 
+@pytest.mark.slow
 def test_query_prefix_applies_to_queries_only(minilm):
     assert minilm.query_prefix == ""  # MiniLM ships no query prompt: "auto" means none
     assert np.allclose(minilm.encode_queries(TEXTS[:2]), minilm.encode_documents(TEXTS[:2]), atol=1e-6)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from atom.agent.episode import ANSWER, READ, AgentConfig, Episode
+from atom.agent.atommem import AtomMemEpisode
+from atom.agent.episode import ANSWER, READ, AgentConfig
 from atom.data.longcontext import LongContextSample
 from atom.data.records import Paragraph
 from atom.memory.embedder import HashEmbedder, MemoryConfig
@@ -28,13 +29,13 @@ def make_sample(questions=("Where was Alden Voss born?",), answers=(("Marrow Cre
     )
 
 
-def make_episode(n_chunks=3, **agent) -> Episode:
+def make_episode(n_chunks=3, **agent) -> AtomMemEpisode:
     store = MemoryStore(HashEmbedder(64), MemoryConfig(embedder="hash", hash_dim=64))
     chunks = [f"chunk number {i}: Alden Voss was born in Marrow Creek." for i in range(n_chunks)]
-    return Episode(make_sample(), chunks, store, AgentConfig(**agent))
+    return AtomMemEpisode(make_sample(), chunks, store, AgentConfig(**agent))
 
 
-def user(ep: Episode) -> str:
+def user(ep: AtomMemEpisode) -> str:
     return ep.messages()[-1]["content"]
 
 
@@ -88,7 +89,7 @@ def test_update_and_delete_address_stable_ids_and_unknown_ids_are_counted():
 def test_answer_phase_reads_then_answers_each_question_in_turn():
     sample = make_sample(("Q one?", "Q two?"), (("Marrow Creek",), ("Teshavia",)))
     store = MemoryStore(HashEmbedder(64), MemoryConfig(embedder="hash", hash_dim=64))
-    ep = Episode(sample, ["only chunk"], store, AgentConfig(answer_reads=2))
+    ep = AtomMemEpisode(sample, ["only chunk"], store, AgentConfig(answer_reads=2))
     ep.messages()
     ep.step("<create>Marrow Creek lies in Teshavia.</create>")
     assert ep.phase == ANSWER and "Q one?" in user(ep) and "2 searches left" in user(ep)
@@ -190,3 +191,22 @@ def test_fact_coverage_counts_stored_and_retrieved_support():
     ep.step("<answer>Marrow Creek</answer>")
     result = ep.result()
     assert result.facts_stored == 1.0 and result.facts_retrieved == 1.0 and result.reward == 1.0
+
+
+def test_the_view_is_a_frozen_copy_that_agrees_with_the_prompt_whatever_the_call_order():
+    import dataclasses
+
+    ep = make_episode(3)
+    ep.step("<create>Alden Voss was born in Marrow Creek.</create><read>Alden Voss</read>")
+    view = ep.view()  # before messages(): the turn's memories are read once, whichever comes first
+    assert [e.id for e in view.shown] == [0] and view.query == "Alden Voss" and view.chunk_index == 1
+    assert "Memory [id 0]: Alden Voss was born in Marrow Creek." in user(ep)
+    assert view.chunk == "chunk number 1: Alden Voss was born in Marrow Creek." and view.next_chunk.startswith(
+        "chunk number 2"
+    )
+    assert [e.text for e in view.stored] == ["Alden Voss was born in Marrow Creek."]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        view.query = "x"
+    ep.step('<delete id="0"/>')
+    assert view.stored and not ep.view().stored  # a copy: later turns do not change it
+    assert ep.view().last_chunk and ep.view().next_chunk is None

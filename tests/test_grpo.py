@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from atom.agent.hf_policy import HFPolicy, SamplingConfig
-from atom.agent.rollout import Trajectory
+from atom.agent.rollout import Observation, Trajectory
 from atom.config import load_config
 from atom.fit import Pipeline, run_grpo
 from atom.train.grpo import PromptSchedule, TurnSequence, pad_batch, token_logprobs
@@ -39,7 +39,7 @@ def test_padded_batch_aligns_old_logprobs_and_mask_with_the_model(tiny_pipeline)
     p = tiny_pipeline()
     policy = HFPolicy(p.model, p.tokenizer, SamplingConfig(max_new_tokens=5, seed=1))
     msgs = [[{"role": "user", "content": "short"}], [{"role": "user", "content": "a longer prompt " * 8}]]
-    replies = policy.act([None, None], msgs)
+    replies = policy.act([Observation(m) for m in msgs])
     seqs = [
         TurnSequence(torch.cat([r.prompt_ids, r.completion_ids]),
                   torch.cat([torch.zeros(len(r.prompt_ids)), torch.ones(len(r.completion_ids))]).bool(),
@@ -67,6 +67,7 @@ def test_schedule_depends_only_on_seed_and_step():
     assert sorted(first_epoch) == list(range(5))  # each sample once per epoch
 
 
+@pytest.mark.slow
 def test_one_grpo_step_moves_every_trainable_parameter(tmp_path, parity_reward):
     p = Pipeline(load_config(None, TINY + [f"run.out_dir={tmp_path}", "grpo.max_steps=1"]))
     before = {n: t.detach().clone() for n, t in p.model.named_parameters() if t.requires_grad}
@@ -79,6 +80,7 @@ def test_one_grpo_step_moves_every_trainable_parameter(tmp_path, parity_reward):
     assert events
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, parity_reward):
     straight = Pipeline(load_config(None, TINY + [f"run.out_dir={tmp_path}/a", "grpo.max_steps=2"]))
     run_grpo(straight)
@@ -92,6 +94,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, parity_re
     assert moved  # the resumed run really trained a second step
 
 
+@pytest.mark.slow
 def test_two_process_cpu_ddp_runs_a_grpo_step(tmp_path):
     """Lightning DDP on CPU (gloo), launched as a user would: python -m atom.fit ... trainer.strategy=ddp."""
     import subprocess

@@ -22,6 +22,7 @@ def test_notebook_is_stored_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.slow
 def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("ATOM_NOTEBOOK_OVERLAY", json.dumps(TINY))
     monkeypatch.setenv("ATOM_NOTEBOOK_OUT", str(tmp_path))

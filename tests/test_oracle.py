@@ -9,7 +9,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from atom.agent.actions import parse_actions
-from atom.agent.episode import ANSWER, AgentConfig, Episode
+from atom.agent.atommem import AtomMemEpisode
+from atom.agent.episode import ANSWER, AgentConfig
 from atom.agent.oracle import OraclePolicy, sample_facts
 from atom.agent.rollout import RolloutEngine, atommem_episode
 from atom.data.chunker import TokenChunker
@@ -178,8 +179,8 @@ def test_without_storage_the_scratchpad_keeps_the_facts(synthetic):
         assert traj.result.facts_stored is None and traj.result.reward == 1.0
 
 
-def make_episode(sample: LongContextSample, chunks: list[str], **agent) -> Episode:
-    return Episode(sample, chunks, MemoryStore(HashEmbedder(256), MEM), AgentConfig(**agent))
+def make_episode(sample: LongContextSample, chunks: list[str], **agent) -> AtomMemEpisode:
+    return AtomMemEpisode(sample, chunks, MemoryStore(HashEmbedder(256), MEM), AgentConfig(**agent))
 
 
 def test_a_shown_duplicate_is_deleted():
@@ -192,7 +193,7 @@ def test_a_shown_duplicate_is_deleted():
     ep.messages()
     ep.step("<read>Marrow Creek</read>")
     ep.messages()
-    reply = OraclePolicy().reply(ep)
+    reply = OraclePolicy().reply(ep.view())
     assert '<delete id="1"/>' in reply and "repeats memory [id 0]" in reply
     ep.step(reply)
     assert ep.store.ids() == [0] and ep.stats.invalid == {}
@@ -218,15 +219,14 @@ def test_answer_phase_reads_for_missing_facts_then_answers(boxed):
     ep.step("<read>unrelated words</read>")  # the answer phase starts with a query that misses Marrow Creek
     assert ep.phase == ANSWER
     oracle = OraclePolicy()
-    ep.messages()
-    shown = {e.id for e in ep.last_shown}
+    shown = {e.id for e in ep.view().shown}
     if shown != {0, 1}:
-        reply = oracle.reply(ep)
+        reply = oracle.reply(ep.view())
         (read,) = parse_actions(reply).actions
         assert read.kind == "read" and read.text.startswith(sample.questions[0])
         ep.step(reply)
         ep.messages()
-    reply = oracle.reply(ep)
+    reply = oracle.reply(ep.view())
     (answer,) = parse_actions(reply).actions
     assert answer.kind == "answer" and answer.text == ("\\boxed{Teshavia}" if boxed else "Teshavia")
     assert "memory [id 0]" in reply.lower() and "memory [id 1]" in reply.lower()
@@ -237,7 +237,7 @@ def test_answer_phase_reads_for_missing_facts_then_answers(boxed):
 
 @pytest.mark.parametrize("dataset", sorted(FIXTURE_FILES))
 def test_oracle_is_perfect_on_each_dataset_format(dataset):
-    cfg = DataConfig(dataset=dataset, path=str(FIXTURE_FILES[dataset]), num_docs=8, seed=0)
+    cfg = DataConfig(dataset=dataset, path=str(FIXTURE_FILES[dataset]), num_docs=8, max_questions=2, seed=0)
     samples = build_samples(load_records(cfg), cfg)
     _, trajs = run(samples, chunk_tokens=60, overlap=20)
     for traj in trajs:

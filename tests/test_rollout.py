@@ -9,7 +9,7 @@ import torch
 
 from atom.agent.episode import AgentConfig
 from atom.agent.hf_policy import HFPolicy, SamplingConfig
-from atom.agent.rollout import Reply, RolloutEngine, Turn, atommem_episode
+from atom.agent.rollout import Observation, Reply, RolloutEngine, Turn, atommem_episode
 from atom.data.chunker import TokenChunker
 from atom.data.loaders import DataConfig
 from atom.data.longcontext import build_samples
@@ -38,12 +38,13 @@ MESSAGES = [
     [{"role": "system", "content": "be brief"}, {"role": "user", "content": "a longer prompt " * 10}],
     [{"role": "user", "content": "third"}],
 ]
+OBSERVATIONS = [Observation(m) for m in MESSAGES]
 
 
 def test_mask_covers_exactly_the_generated_tokens(tiny):
     model, tok = tiny
     policy = HFPolicy(model, tok, SamplingConfig(temperature=1.0, max_new_tokens=10, seed=3, batch_size=2))
-    replies = policy.act([None] * 3, MESSAGES)
+    replies = policy.act(OBSERVATIONS)
     for messages, reply in zip(MESSAGES, replies):
         prompt = policy.encode(messages)
         assert reply.prompt_ids.tolist() == prompt
@@ -61,7 +62,7 @@ def test_mask_covers_exactly_the_generated_tokens(tiny):
 def test_recorded_logprobs_equal_a_recomputed_forward(tiny, temperature):
     model, tok = tiny
     policy = HFPolicy(model, tok, SamplingConfig(temperature=temperature, max_new_tokens=8, seed=5))
-    for reply in policy.act([None] * 3, MESSAGES):
+    for reply in policy.act(OBSERVATIONS):
         ids = torch.cat([reply.prompt_ids, reply.completion_ids])[None]
         with torch.no_grad():
             logits = model(input_ids=ids).logits[0, :-1].float() / temperature
@@ -74,7 +75,9 @@ def test_same_seed_same_generation_and_different_seed_differs(tiny):
     model, tok = tiny
     run = lambda seed: [  # noqa: E731
         r.completion_ids.tolist()
-        for r in HFPolicy(model, tok, SamplingConfig(max_new_tokens=12, seed=seed)).act([None] * 3, MESSAGES)
+        for r in HFPolicy(model, tok, SamplingConfig(max_new_tokens=12, seed=seed)).act(
+            [Observation(m) for m in MESSAGES]
+        )
     ]
     assert run(11) == run(11)
     assert run(11) != run(12)
@@ -100,12 +103,12 @@ class ScriptedPolicy:
     def __init__(self):
         self.calls = 0
 
-    def act(self, episodes, messages):
+    def act(self, observations):
         self.calls += 1
         out = []
-        for e in episodes:
+        for e in (o.view for o in observations):
             if e.phase == "read":
-                line = e.chunks[e.chunk_index].strip().splitlines()[-1][:200]
+                line = e.chunk.strip().splitlines()[-1][:200]
                 out.append(Reply(f"<create>{line}</create><read>{e.sample.questions[0]}</read>"))
             else:
                 out.append(Reply(f"<answer>{e.sample.answers[e.question_index][0]}</answer>"))
@@ -123,7 +126,7 @@ def test_engine_batches_one_generation_and_one_embedding_call_per_step(tiny, sam
     engine = _engine(policy, embedder, tok)
     trajectories = engine.run(samples, repeats=2)
     assert len(trajectories) == 2 * len(samples)
-    assert [t.group for t in trajectories] == [i // 2 for i in range(2 * len(samples))]
+    assert [t.sample_id for t in trajectories] == [s.id for s in samples for _ in range(2)]  # groups contiguous
     assert policy.calls == engine.stats.steps
     assert embedder.doc_calls <= engine.stats.steps and embedder.query_calls <= engine.stats.steps
     assert engine.stats.per_step_batch[0] == 2 * len(samples)
@@ -142,6 +145,7 @@ def test_lockstep_gives_the_same_results_as_one_episode_at_a_time(tiny, samples)
         assert [t.messages for t in a.turns] == [t.messages for t in b.turns]
 
 
+@pytest.mark.slow
 def test_seeded_model_rollouts_repeat(tiny, samples):
     model, tok = tiny
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=6, seed=9)
@@ -160,11 +164,31 @@ def test_html_viewer_escapes_model_text(tiny, samples, tmp_path):
     from atom.eval.viewer import write_viewer
 
     class Hostile:
-        def act(self, episodes, messages):
-            return [Reply("<script>alert(1)</script><answer><b>x</b></answer>") for _ in episodes]
+        def act(self, observations):
+            return [Reply("<script>alert(1)</script><answer><b>x</b></answer>") for _ in observations]
 
     _, tok = tiny
     trajs = _engine(Hostile(), HashEmbedder(64), tok).run(samples[:1])
     page = write_viewer(tmp_path / "t.html", {"atommem": trajs}, samples).read_text()
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert samples[0].questions[0].split()[0] in page and "reward 0.00" in page
+
+
+def test_truncated_prompts_are_flagged_by_the_policy_and_counted_per_episode(tiny, samples):
+    from atom.agent.hf_policy import encode_prompt
+    from atom.eval.report import summarize
+
+    model, tok = tiny
+    full = [len(encode_prompt(tok, m)) for m in MESSAGES]
+    limit = sorted(full)[1]  # one prompt above the budget, the others within it
+    replies = HFPolicy(model, tok, SamplingConfig(max_new_tokens=2), max_prompt_tokens=limit).act(OBSERVATIONS)
+    assert [r.truncated for r in replies] == [n > limit for n in full] and sum(n > limit for n in full) == 1
+    assert [len(r.prompt_ids) for r in replies] == [min(n, limit) for n in full]
+
+    class Cut:
+        def act(self, observations):
+            return [Reply("<answer>x</answer>", truncated=True) for _ in observations]
+
+    trajs = _engine(Cut(), HashEmbedder(64), tok).run(samples[:2])
+    assert [t.result.stats.truncated_prompts for t in trajs] == [len(t.turns) for t in trajs]
+    assert summarize(trajs, 0.0)["truncated_prompts_per_episode"] == sum(len(t.turns) for t in trajs) / 2

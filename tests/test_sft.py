@@ -94,6 +94,7 @@ def _params(model) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
+@pytest.mark.slow
 def test_sft_lowers_the_loss_and_a_resumed_run_matches_an_uninterrupted_one(tmp_path):
     straight = Pipeline(load_config(None, SFT_TINY + [f"run.out_dir={tmp_path}", "run.name=a", "sft.epochs=2"]))
     start = _params(straight.model)
@@ -115,6 +116,7 @@ def test_sft_lowers_the_loss_and_a_resumed_run_matches_an_uninterrupted_one(tmp_
 
 
 @pytest.mark.parametrize("policy", ["oracle", "model"])
+@pytest.mark.slow
 def test_collect_writes_trajectories_that_sft_reads_back_filtered(tmp_path, capsys, policy):
     from atom.collect import main
 
@@ -132,6 +134,7 @@ def test_collect_writes_trajectories_that_sft_reads_back_filtered(tmp_path, caps
         assert kept == rows  # the gold-fact teacher answers every question
 
 
+@pytest.mark.slow
 def test_grpo_after_lora_sft_starts_with_its_kl_reference_equal_to_the_sft_policy(tmp_path):
     from atom.fit import run_grpo
     from atom.train.models import restart_lora

@@ -417,6 +417,11 @@ def make_machine(cfg: MemoryConfig) -> type[RuleBasedStateMachine]:
 
 
 # exact scans only; hnsw for every read (small capacity, so it grows and compacts); switching between the two
-TestStoreExactPath = make_machine(MemoryConfig(embedder="hash", initial_capacity=4)).TestCase
-TestStoreHnswPath = make_machine(MemoryConfig(embedder="hash", exact_below=0, initial_capacity=4)).TestCase
-TestStoreMixedPaths = make_machine(MemoryConfig(embedder="hash", exact_below=6, initial_capacity=4)).TestCase
+# Each machine runs for seconds (hnsw rebuilds under hypothesis): the slow tier.
+TestStoreExactPath = pytest.mark.slow(make_machine(MemoryConfig(embedder="hash", initial_capacity=4)).TestCase)
+TestStoreHnswPath = pytest.mark.slow(
+    make_machine(MemoryConfig(embedder="hash", exact_below=0, initial_capacity=4)).TestCase
+)
+TestStoreMixedPaths = pytest.mark.slow(
+    make_machine(MemoryConfig(embedder="hash", exact_below=6, initial_capacity=4)).TestCase
+)

@@ -126,8 +126,8 @@ def _tags(text: str) -> list[_Tag]:
     return tags
 
 
-def _strip_think(text: str) -> str:
-    """Rule 2: remove reasoning spans."""
+def strip_think(text: str) -> str:
+    """Rule 2: remove reasoning spans (the baselines use it too, on replies that are not actions)."""
     pieces: list[str] = []
     pos = 0
     inside = False
@@ -207,7 +207,7 @@ def parse_actions(text: str, max_text_chars: int = 2000) -> ParseResult:
     result = ParseResult()
     if not isinstance(text, str) or not text:
         return result
-    clean = _strip_think(text)
+    clean = strip_think(text)
     tags = _tags(clean)
     pending_unknown: dict[str, int] = {}  # open unknown tags still waiting for their close, by name
     consumed_to = 0  # end of the last tag handled; the truncated-tag check looks after it

@@ -1,7 +1,7 @@
 """The paper's comparison baselines (full context, RAG, MemAgent), as episodes the ``RolloutEngine`` runs.
 
-Each class follows the ``Episode`` protocol (``messages``, ``observe``, ``commit``, ``done``, ``phase``,
-``stats``, ``result``, ``sample``), so baselines are batched, counted and scored like the AtomMem agent:
+Each class implements the ``Episode`` protocol (``atom.agent.episode``), so baselines are batched, counted and
+scored like the AtomMem agent:
 
 - ``FullContextEpisode``: one answer turn per question over the whole context, centre-cut to a budget (the
   model window) in tokens or characters.
@@ -11,7 +11,8 @@ Each class follows the ``Episode`` protocol (``messages``, ``observe``, ``commit
   whole-memory loop), then one answer turn per question from that memory.
 
 Baselines are not judged on the action grammar: an answer is the first ``<answer>`` body when there is one,
-else the reply's first non-empty line; nothing is counted as invalid. Fact coverage is reported where it means
+else the reply's first non-empty line outside reasoning spans (the grammar's think rule); nothing is counted as
+invalid. Fact coverage is reported where it means
 something: ``facts_stored`` = share of gold supporting sentences held by the baseline's memory after reading
 (RAG: the document store; MemAgent: the memory text; None for full context, which keeps nothing);
 ``facts_retrieved`` = share shown in the prompt when each question was answered (RAG: its top-k documents;
@@ -21,20 +22,30 @@ MemAgent: the memory; full context: the centre-cut context).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 
 import numpy as np
 
 from atom.agent import prompts
-from atom.agent.actions import parse_actions
-from atom.agent.episode import ANSWER, DONE, READ, AgentConfig, EmbedRequest, EpisodeResult, EpisodeStats
-from atom.agent.rewards import normalize_answer, score_questions
+from atom.agent.actions import parse_actions, strip_think
+from atom.agent.episode import (
+    ANSWER,
+    DONE,
+    READ,
+    AgentConfig,
+    EmbedRequest,
+    EpisodeResult,
+    EpisodeStats,
+    EpisodeView,
+    SampleCache,
+    episode_result,
+    share_covered,
+    support_sentences,
+)
 from atom.agent.rollout import EpisodeFactory
 from atom.data.chunker import TokenChunker
 from atom.data.longcontext import LongContextSample
 from atom.memory.store import MemoryStore
 
-_THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
 _ANSWER_TAG = re.compile(r"</?answer>", re.IGNORECASE)
 # Joins the head and tail of a centre-cut context, so that the model sees where text is missing.
 CUT_MARKER = "\n[...]\n"
@@ -45,7 +56,7 @@ def parse_answer(reply: str, max_chars: int = 2000) -> str | None:
     answers = [a.text for a in parse_actions(reply, max_text_chars=max_chars).actions if a.kind == "answer"]
     if answers:
         return answers[0]
-    for line in _THINK.sub("", reply).splitlines():
+    for line in strip_think(reply).splitlines():
         line = _ANSWER_TAG.sub("", line).strip()
         if line:
             return line[:max_chars]
@@ -77,25 +88,10 @@ def centre_cut_tokens(text: str, tokenizer, max_tokens: int) -> tuple[str, bool]
     return text[: tokenized.bounds[head]].rstrip() + CUT_MARKER + text[tail_start:], True
 
 
-def support_sentences(sample: LongContextSample) -> list[list[str]]:
-    """Normalized gold supporting sentences, per question."""
-    return [[normalize_answer(sample.documents[d].sentences[s]) for d, s in per_q] for per_q in sample.supporting_facts]
-
-
-def share_covered(facts: list[list[str]], texts: Sequence[Sequence[str]]) -> float | None:
-    """Share of facts (per question) found as normalized substrings of that question's ``texts``."""
-    total = sum(len(f) for f in facts)
-    if total == 0:
-        return None
-    hits = 0
-    for per_q, shown in zip(facts, texts):
-        norm = [normalize_answer(t) for t in shown]
-        hits += sum(any(f and f in t for t in norm) for f in per_q)
-    return hits / total
-
-
 class _StaticEpisode:
     """Shared turn bookkeeping: one answer turn per question, the LLM-call cap, scoring."""
+
+    kind = ""  # EpisodeView.kind of the subclass
 
     def __init__(self, sample: LongContextSample, cfg: AgentConfig):
         self.sample, self.cfg = sample, cfg
@@ -119,6 +115,12 @@ class _StaticEpisode:
 
     def _commit_read(self, reply: str) -> None:
         raise NotImplementedError(f"{type(self).__name__} has no read phase")
+
+    def view(self) -> EpisodeView:
+        """The turn's state: the phase and the question (and the chunk, with a read phase)."""
+        if self.done:
+            raise RuntimeError("episode is over")
+        return EpisodeView(self.sample, self.cfg, self.kind, self.phase, question_index=self.question_index)
 
     def messages(self) -> prompts.Messages:
         """The prompt of the next LLM call (one user message)."""
@@ -171,16 +173,13 @@ class _StaticEpisode:
         return None, None
 
     def result(self) -> EpisodeResult:
-        scores = score_questions(self.predictions, self.sample.answers, boxed=self.cfg.boxed_answers)
-        stored, retrieved = self._coverage()
-        return EpisodeResult(
-            sample_id=self.sample.id, predictions=list(self.predictions), em=scores.em, f1=scores.f1,
-            reward=scores.reward, stats=self.stats, facts_stored=stored, facts_retrieved=retrieved,
-        )  # fmt: skip
+        return episode_result(self.sample, self.predictions, self.stats, self.cfg.boxed_answers, self._coverage())
 
 
 class FullContextEpisode(_StaticEpisode):
     """One answer turn per question over the (centre-cut) whole context."""
+
+    kind = "full_context"
 
     def __init__(self, sample: LongContextSample, cfg: AgentConfig, context: str, truncated: bool):
         super().__init__(sample, cfg)
@@ -202,6 +201,8 @@ class RAGEpisode(_StaticEpisode):
         doc_vectors / query_vectors: precomputed embeddings of the documents ("Title\\ntext") and of the
             questions (as queries); computed with the store's embedder when None.
     """
+
+    kind = "rag"
 
     def __init__(
         self,
@@ -238,6 +239,8 @@ class RAGEpisode(_StaticEpisode):
 class MemAgentEpisode(_StaticEpisode):
     """MemAgent-style overwrite memory: each chunk's reply replaces the memory; then the questions."""
 
+    kind = "memagent"
+
     def __init__(self, sample: LongContextSample, chunks: list[str], cfg: AgentConfig, max_memory_chars: int):
         if not chunks:
             raise ValueError(f"sample {sample.id}: no chunks (empty context)")
@@ -250,13 +253,23 @@ class MemAgentEpisode(_StaticEpisode):
         self.memory = ""
         self.memory_at_end: str | None = None
 
+    def view(self) -> EpisodeView:
+        if self.phase != READ:
+            return super().view()
+        following = self.chunk_index + 1
+        return EpisodeView(
+            self.sample, self.cfg, self.kind, READ, chunk_index=self.chunk_index, num_chunks=len(self.chunks),
+            chunk=self.chunks[self.chunk_index],
+            next_chunk=self.chunks[following] if following < len(self.chunks) else None,
+        )  # fmt: skip
+
     def _read_prompt(self) -> str:
         return prompts.memagent_update_prompt(
             self.sample.questions, self.memory, self.chunks[self.chunk_index], self.max_memory_chars
         )
 
     def _commit_read(self, reply: str) -> None:
-        self.memory = _THINK.sub("", reply).strip()[: self.max_memory_chars].rstrip()
+        self.memory = strip_think(reply).strip()[: self.max_memory_chars].rstrip()
         self.stats.ops["overwrite"] += 1
         self.chunk_index += 1
         if self.chunk_index == len(self.chunks):
@@ -280,21 +293,6 @@ def document_text(paragraph) -> str:
 # -- factories: EpisodeFactory callables (sample, chunks, store) -> episode ----------------------------------
 
 
-class _Cache:
-    """A small per-factory cache keyed by sample id: a GRPO group repeats one sample G times."""
-
-    def __init__(self, limit: int = 64):
-        self.limit = limit
-        self.items: dict[str, object] = {}
-
-    def get(self, key: str, make):
-        if key not in self.items:
-            if len(self.items) >= self.limit:
-                self.items.clear()
-            self.items[key] = make()
-        return self.items[key]
-
-
 def full_context_episode(
     cfg: AgentConfig, max_context_tokens: int = 0, tokenizer=None, max_context_chars: int = 0
 ) -> EpisodeFactory:
@@ -307,7 +305,7 @@ def full_context_episode(
         )
     if max_context_tokens > 0 and tokenizer is None:
         raise ValueError("full_context_episode: max_context_tokens needs the policy's tokenizer")
-    cache = _Cache()
+    cache: SampleCache = SampleCache(64)
 
     def cut(sample: LongContextSample) -> tuple[str, bool]:
         if max_context_chars > 0:
@@ -316,7 +314,7 @@ def full_context_episode(
         return centre_cut_tokens(sample.context, tokenizer, max_context_tokens)
 
     def make(sample: LongContextSample, chunks: list[str], store: MemoryStore) -> FullContextEpisode:
-        context, truncated = cache.get(sample.id, lambda: cut(sample))
+        context, truncated = cache.get(sample, lambda: cut(sample))
         return FullContextEpisode(sample, cfg, context, truncated)
 
     return make
@@ -324,7 +322,7 @@ def full_context_episode(
 
 def rag_episode(cfg: AgentConfig) -> EpisodeFactory:
     """RAG baseline: documents embedded once per sample id (one batch), top-k ``cfg.top_k`` per question."""
-    cache = _Cache()
+    cache: SampleCache = SampleCache(64)
 
     def embed(sample: LongContextSample, store: MemoryStore) -> tuple[np.ndarray | None, np.ndarray]:
         texts = [document_text(p) for p in sample.documents]
@@ -332,7 +330,7 @@ def rag_episode(cfg: AgentConfig) -> EpisodeFactory:
         return docs, store.embedder.encode_queries(list(sample.questions))
 
     def make(sample: LongContextSample, chunks: list[str], store: MemoryStore) -> RAGEpisode:
-        docs, queries = cache.get(sample.id, lambda: embed(sample, store))
+        docs, queries = cache.get(sample, lambda: embed(sample, store))
         return RAGEpisode(sample, store, cfg, docs, queries)
 
     return make

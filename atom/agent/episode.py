@@ -1,37 +1,28 @@
-"""One AtomMem episode: the agent's POMDP (read chunks, then answer each question) as a small state machine.
+"""The episode contract: what every episode kind (the AtomMem agent and each baseline) offers the rollout engine.
 
-State: the questions, the scratchpad, the memory store (stable ids), the current read query, the position in the
-chunk stream, and in the answer phase the question being asked and its remaining reads.
+An episode is one sample played turn by turn. Each LLM call is a *turn*: ``messages()`` builds the prompt,
+the policy replies, ``observe(reply)`` parses it and returns the texts that need embeddings, and
+``commit(vectors)`` applies it and advances. The split lets the engine embed the texts of every episode of a
+step in one batched call. ``view()`` is a frozen copy of the state behind the current prompt, which is all a
+scripted teacher (the oracle) reads; no policy ever holds an episode.
 
-Each LLM call is a *turn*: ``messages()`` builds the prompt, the policy replies, ``observe(reply)`` parses and
-validates the actions and returns the texts that need embeddings, and ``commit(vectors)`` executes the actions in
-order. The split lets the rollout engine embed the texts of every episode of a step in one batched call.
-
-Rules (each is tested):
-- read phase: every turn consumes exactly one chunk, whatever the reply (a reply without tags still advances);
-- the read query is persistent: it is re-run at every turn, and a new ``<read>`` is visible from the next turn on
-  (one-step latency); the last read of a reply wins;
-- answer phase: questions are asked in turn; a reply with ``<answer>`` answers (the first one counts); any other
-  reply (a ``<read>``, or nothing usable) spends one of ``answer_reads``; when none are left the prompt demands an
-  answer and a reply without one skips the question (prediction None), so a question costs at most
-  ``answer_reads + 1`` calls;
-- Update/Delete of an id that is not live, actions of the wrong phase, and actions switched off by an ablation are
-  not executed and are counted in ``invalid`` by kind; nothing is fatal;
-- ``max_llm_calls`` caps the episode; unanswered questions then score 0.
+The pieces every kind shares are written once here: ``AgentConfig``, the per-episode counters, the result and
+its scoring (``episode_result``), and the gold-fact coverage (``support_sentences`` / ``share_covered``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
-from atom.agent import prompts
-from atom.agent.actions import Action, parse_actions
+from atom.agent.prompts import Messages
 from atom.agent.rewards import normalize_answer, score_questions
 from atom.data.longcontext import LongContextSample
-from atom.memory.store import Entry, MemoryStore
+from atom.memory.store import Entry
 
 READ, ANSWER, DONE = "read", "answer", "done"
 
@@ -85,6 +76,7 @@ class EpisodeStats:
     llm_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    truncated_prompts: int = 0  # prompts the policy centre-cut to its prompt budget
 
 
 @dataclass
@@ -105,173 +97,116 @@ class EmbedRequest:
     query: bool  # True: embed as a query (instruction prefix); False: as a document
 
 
-class Episode:
-    """The AtomMem CRUD agent over one long-context sample."""
+@dataclass(frozen=True)
+class EpisodeView:
+    """The state behind the current prompt, as a scripted teacher may read it: a frozen copy, taken by ``view()``.
 
-    def __init__(self, sample: LongContextSample, chunks: list[str], store: MemoryStore, cfg: AgentConfig):
-        if not chunks:
-            raise ValueError(f"sample {sample.id}: no chunks (empty context)")
-        self.sample, self.chunks, self.store, self.cfg = sample, chunks, store, cfg
-        self.stats = EpisodeStats()
-        self.phase = READ
-        self.chunk_index = 0
-        self.question_index = 0
-        self.reads_left = cfg.answer_reads
-        self.scratchpad = ""
-        self.query = ""
-        self.query_vector: np.ndarray | None = None
-        self.predictions: list[str | None] = [None] * len(sample.questions)
-        self.shown_at_answer: list[list[str]] = [[] for _ in sample.questions]
-        self.stored_at_end: list[str] | None = None
-        self._pending: list[Action] = []
-        self.last_shown: list[Entry] = []
+    Besides what the prompt shows, it declares the teacher's privileges: the sample (gold answers and supporting
+    facts), every live store entry and the next chunk. Fields an episode kind does not have keep their defaults.
+    """
+
+    sample: LongContextSample  # questions, gold answers and supporting facts (a teacher's privilege)
+    cfg: AgentConfig  # the episode's rules and ablation switches
+    kind: str  # the episode kind: "atommem", "full_context", "rag" or "memagent"
+    phase: str  # READ or ANSWER
+    chunk_index: int = 0  # read phase: the chunk this turn shows (0-based)
+    num_chunks: int = 0  # chunks in the whole stream (0 for kinds without a read phase)
+    chunk: str = ""  # read phase: the text of this turn's chunk
+    next_chunk: str | None = None  # read phase: the chunk after it, None at the last (a teacher's privilege)
+    question_index: int = 0  # answer phase: the question this turn asks
+    reads_left: int = 0  # answer phase: reads the question may still spend before an answer is demanded
+    scratchpad: str = ""  # the scratchpad as the prompt shows it
+    query: str = ""  # the persistent read query ("" before the first read)
+    shown: tuple[Entry, ...] = ()  # the memories the prompt shows (the query's results), best first
+    stored: tuple[Entry, ...] = ()  # every live store entry, ascending id (a teacher's privilege)
 
     @property
-    def done(self) -> bool:
-        return self.phase == DONE
+    def last_chunk(self) -> bool:
+        return self.chunk_index == self.num_chunks - 1
 
-    # -- prompts -----------------------------------------------------------------------------------------------
 
-    def _results(self) -> list[Entry] | None:
-        if not self.cfg.use_storage:
-            return None
-        if self.query_vector is None:
-            return []
-        return self.store.read(self.query, self.cfg.top_k, vector=self.query_vector)
+@runtime_checkable
+class Episode(Protocol):
+    """One sample played turn by turn; the rollout engine drives any kind through these members alone."""
 
-    def messages(self) -> prompts.Messages:
-        """The prompt of the next LLM call (system + user)."""
-        if self.done:
-            raise RuntimeError("episode is over")
-        results = self._results()
-        self.last_shown = results or []
-        pad = self.scratchpad if self.cfg.use_scratchpad else None
-        if self.phase == READ:
-            user = prompts.read_prompt(
-                self.sample.questions, pad, self.query, results, self.chunks[self.chunk_index],
-                self.chunk_index, len(self.chunks), self.cfg.memory_max_chars,
-            )  # fmt: skip
-        else:
-            reads_left = self.reads_left if self.cfg.use_storage else 0
-            user = prompts.answer_prompt(
-                self.sample.questions[self.question_index], pad, self.query, results, reads_left,
-                self.cfg.memory_max_chars, self.cfg.boxed_answers,
-            )  # fmt: skip
-        return [
-            {"role": "system", "content": prompts.system_prompt(self.cfg.prompt_ops)},
-            {"role": "user", "content": user},
-        ]
+    sample: LongContextSample
+    stats: EpisodeStats
+    phase: str  # READ, ANSWER or DONE (a Turn records it)
 
-    # -- acting ------------------------------------------------------------------------------------------------
+    @property
+    def done(self) -> bool: ...
+
+    def messages(self) -> Messages:
+        """The prompt of the next LLM call."""
+        ...
+
+    def view(self) -> EpisodeView:
+        """A frozen copy of the state behind ``messages()`` (same turn, whichever is called first)."""
+        ...
 
     def observe(self, reply: str) -> list[EmbedRequest]:
-        """Parse and validate ``reply``; return the texts to embed, in the order ``commit`` expects vectors."""
-        if self.done:
-            raise RuntimeError("episode is over")
-        self.stats.llm_calls += 1
-        parsed = parse_actions(reply, max_text_chars=self.cfg.action_max_chars)
-        self.stats.invalid.update(parsed.invalid)
-        allowed = self.cfg.read_phase_ops if self.phase == READ else self._answer_ops()
-        live = set(self.store.ids())
-        valid: list[Action] = []
-        for action in parsed.actions:
-            if action.kind not in allowed:
-                self.stats.invalid[action.kind] += 1
-                continue
-            if action.kind in ("update", "delete"):
-                if action.id not in live:
-                    self.stats.invalid[action.kind] += 1
-                    continue
-                if action.kind == "delete":
-                    live.discard(action.id)
-            valid.append(action)
-        if self.phase == ANSWER:
-            valid = self._answer_turn(valid)
-        self._pending = valid
-        return [EmbedRequest(a.text, query=a.kind == "read") for a in valid if a.kind in ("create", "update", "read")]
-
-    def _answer_ops(self) -> tuple[str, ...]:
-        can_read = self.cfg.use_storage and self.reads_left > 0
-        return ("answer", "read") if can_read else ("answer",)
-
-    def _answer_turn(self, valid: list[Action]) -> list[Action]:
-        answers = [a for a in valid if a.kind == "answer"]
-        if answers:
-            return answers[:1]
-        reads = [a for a in valid if a.kind == "read"]
-        return reads[-1:]
+        """Take the policy's reply; return the texts to embed, in the order ``commit`` expects their vectors."""
+        ...
 
     def commit(self, vectors: list[np.ndarray] | None = None) -> None:
-        """Execute the observed actions in order (``vectors`` match ``observe``'s requests), then advance."""
-        pending, self._pending = self._pending, []
-        vecs = iter(vectors if vectors is not None else [None] * len(pending))
-        for action in pending:
-            if action.kind == "create":
-                self.store.create(action.text, vector=next(vecs))
-            elif action.kind == "update":
-                self.store.update(action.id, action.text, vector=next(vecs))
-            elif action.kind == "delete":
-                self.store.delete(action.id)
-            elif action.kind == "read":
-                self.query, self.query_vector = action.text, next(vecs, None)
-                if self.query_vector is None:
-                    self.query_vector = self.store.embedder.encode_queries([action.text])[0]
-            elif action.kind == "scratchpad":
-                self.scratchpad = action.text[: self.cfg.scratchpad_max_chars]
-            elif action.kind == "answer":
-                self.predictions[self.question_index] = action.text
-            self.stats.ops[action.kind] += 1
-        self._advance([a.kind for a in pending])
+        """Apply the observed reply, then advance to the next turn (or DONE)."""
+        ...
 
     def step(self, reply: str) -> None:
-        """observe + commit with the store's own embedder (one episode at a time)."""
-        self.observe(reply)
-        self.commit(None)
+        """``observe`` + ``commit`` with the episode's own embedder (one episode at a time)."""
+        ...
 
-    def _advance(self, kinds: list[str]) -> None:
-        if self.phase == READ:
-            self.stats.store_sizes.append(len(self.store))
-            self.chunk_index += 1
-            if self.chunk_index == len(self.chunks):
-                self.stored_at_end = [e.text for e in self.store.entries()]
-                self._start_question(0)
-        elif "answer" in kinds or self.reads_left == 0 or not self.cfg.use_storage:
-            # Answered, or told to answer and did not: the question is closed (skipped scores 0).
-            self.shown_at_answer[self.question_index] = [e.text for e in self.last_shown]
-            self._start_question(self.question_index + 1)
-        else:  # a read, or a reply with neither: both spend one of the question's turns
-            self.reads_left -= 1
-        if not self.done and self.stats.llm_calls >= self.cfg.max_llm_calls:
-            self.phase = DONE
+    def result(self) -> EpisodeResult: ...
 
-    def _start_question(self, index: int) -> None:
-        self.question_index = index
-        self.reads_left = self.cfg.answer_reads
-        self.phase = ANSWER if index < len(self.sample.questions) else DONE
 
-    # -- scoring -----------------------------------------------------------------------------------------------
+def episode_result(
+    sample: LongContextSample,
+    predictions: Sequence[str | None],
+    stats: EpisodeStats,
+    boxed: bool,
+    coverage: tuple[float | None, float | None],
+) -> EpisodeResult:
+    """Score the predictions (EM, F1, reward) into the result every episode kind returns."""
+    scores = score_questions(predictions, sample.answers, boxed=boxed)
+    return EpisodeResult(
+        sample_id=sample.id, predictions=list(predictions), em=scores.em, f1=scores.f1, reward=scores.reward,
+        stats=stats, facts_stored=coverage[0], facts_retrieved=coverage[1],
+    )  # fmt: skip
 
-    def result(self) -> EpisodeResult:
-        scores = score_questions(self.predictions, self.sample.answers, boxed=self.cfg.boxed_answers)
-        stored, retrieved = self._fact_coverage()
-        return EpisodeResult(
-            sample_id=self.sample.id, predictions=list(self.predictions), em=scores.em, f1=scores.f1,
-            reward=scores.reward, stats=self.stats, facts_stored=stored, facts_retrieved=retrieved,
-        )  # fmt: skip
 
-    def _fact_coverage(self) -> tuple[float | None, float | None]:
-        """Shares of gold supporting sentences found (normalised substring) in the store / in answer-time reads."""
-        facts = [
-            [normalize_answer(self.sample.documents[d].sentences[s]) for d, s in per_q]
-            for per_q in self.sample.supporting_facts
-        ]
-        total = sum(len(f) for f in facts)
-        if total == 0 or not self.cfg.use_storage:
-            return None, None
-        store = [normalize_answer(t) for t in (self.stored_at_end or [])]
-        stored = sum(any(f and f in t for t in store) for per_q in facts for f in per_q)
-        retrieved = 0
-        for q, per_q in enumerate(facts):
-            shown = [normalize_answer(t) for t in self.shown_at_answer[q]]
-            retrieved += sum(any(f and f in t for t in shown) for f in per_q)
-        return stored / total, retrieved / total
+def support_sentences(sample: LongContextSample) -> list[list[str]]:
+    """Normalized gold supporting sentences, per question."""
+    return [[normalize_answer(sample.documents[d].sentences[s]) for d, s in per_q] for per_q in sample.supporting_facts]
+
+
+def share_covered(facts: list[list[str]], texts: Sequence[Sequence[str]]) -> float | None:
+    """Share of facts (per question) found as normalized substrings of that question's ``texts``; None if none."""
+    total = sum(len(f) for f in facts)
+    if total == 0:
+        return None
+    hits = 0
+    for per_q, shown in zip(facts, texts):
+        norm = [normalize_answer(t) for t in shown]
+        hits += sum(any(f and f in t for t in norm) for f in per_q)
+    return hits / total
+
+
+T = TypeVar("T")
+
+
+class SampleCache(Generic[T]):
+    """Values computed once per sample id and kept for a while: a GRPO group repeats one sample G times.
+
+    Cleared whole when ``limit`` ids are held (rollout batches move on to new samples; no LRU order needed).
+    """
+
+    def __init__(self, limit: int = 256):
+        self.limit = limit
+        self.items: dict[str, T] = {}
+
+    def get(self, sample: LongContextSample, make: Callable[[], T]) -> T:
+        if sample.id not in self.items:
+            if len(self.items) >= self.limit:
+                self.items.clear()
+            self.items[sample.id] = make()
+        return self.items[sample.id]

@@ -15,7 +15,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from atom.agent.prompts import Messages
-from atom.agent.rollout import Reply
+from atom.agent.rollout import Observation, Reply
 
 
 @dataclass
@@ -79,7 +79,6 @@ class HFPolicy:
         self.model, self.tokenizer, self.sampling = model, tokenizer, sampling
         self.max_prompt_tokens = max_prompt_tokens  # 0 = no limit; longer prompts are centre-truncated
         self.calls = 0
-        self.truncated_prompts = 0
         eos = {tokenizer.eos_token_id}
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
@@ -88,14 +87,17 @@ class HFPolicy:
     def encode(self, messages: Messages) -> list[int]:
         """Prompt token ids with the generation prompt appended, centre-truncated to ``max_prompt_tokens``."""
         ids = encode_prompt(self.tokenizer, messages, self.sampling.thinking)
-        if self.max_prompt_tokens and len(ids) > self.max_prompt_tokens:
-            self.truncated_prompts += 1
-            ids = centre_truncate(ids, self.max_prompt_tokens)
-        return ids
+        return centre_truncate(ids, self.max_prompt_tokens) if self.max_prompt_tokens else ids
 
-    def act(self, episodes: Sequence, messages: Sequence[Messages]) -> list[Reply]:
-        prompts = [self.encode(m) for m in messages]
-        return self.generate_ids(prompts)
+    def act(self, observations: Sequence[Observation]) -> list[Reply]:
+        """Generate from each observation's ``messages`` (all a model reads). ``Reply.truncated`` marks prompts
+        centre-cut to ``max_prompt_tokens``."""
+        full = [encode_prompt(self.tokenizer, o.messages, self.sampling.thinking) for o in observations]
+        limit = self.max_prompt_tokens
+        replies = self.generate_ids([centre_truncate(ids, limit) if limit else ids for ids in full])
+        for reply, ids in zip(replies, full):
+            reply.truncated = bool(limit) and len(ids) > limit
+        return replies
 
     @torch.no_grad()
     def generate_ids(self, prompts: list[list[int]]) -> list[Reply]:

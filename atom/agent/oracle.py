@@ -29,10 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from atom.agent.actions import Action, render_action
-from atom.agent.episode import ANSWER, READ, Episode
-from atom.agent.prompts import Messages
+from atom.agent.episode import ANSWER, READ, EpisodeView, SampleCache
 from atom.agent.rewards import normalize_answer
-from atom.agent.rollout import Reply
+from atom.agent.rollout import Observation, Reply
 from atom.data.longcontext import LongContextSample
 from atom.memory.store import Entry
 
@@ -159,7 +158,8 @@ class _ReadTurn:
 
 
 class OraclePolicy:
-    """Text-only policy for AtomMem ``Episode``s that uses the gold supporting facts (see module docstring).
+    """Text-only policy for AtomMem episodes: it reads each turn's ``EpisodeView`` (the gold supporting facts among
+    it), never the episode itself (see module docstring).
 
     Args:
         min_partial_chars: shortest beginning of a cut-off sentence worth storing, and shortest overlap
@@ -170,32 +170,23 @@ class OraclePolicy:
         if min_partial_chars <= 0:
             raise ValueError(f"min_partial_chars must be > 0, got {min_partial_chars}")
         self.min_chars = min_partial_chars
-        self._facts: dict[str, tuple[list[_Fact], list[list[int]]]] = {}
+        self._facts: SampleCache[tuple[list[_Fact], list[list[int]]]] = SampleCache()
 
-    def act(self, episodes: Sequence[Episode], messages: Sequence[Messages]) -> list[Reply]:
-        return [Reply(self.reply(e)) for e in episodes]
+    def act(self, observations: Sequence[Observation]) -> list[Reply]:
+        return [Reply(self.reply(o.view)) for o in observations]
 
-    def reply(self, episode: Episode) -> str:
-        """The reply to the episode's current prompt (after ``episode.messages()``, as the engine does)."""
-        if not isinstance(episode, Episode):
-            raise TypeError(f"OraclePolicy drives AtomMem Episodes only, got {type(episode).__name__}")
-        if episode.phase == READ:
-            return self._read_turn(episode)
-        if episode.phase == ANSWER:
-            return self._answer_turn(episode)
+    def reply(self, view: EpisodeView) -> str:
+        """The reply to the turn ``view`` describes (an AtomMem episode's ``view()``)."""
+        if not isinstance(view, EpisodeView) or view.kind != "atommem":
+            raise TypeError(f"OraclePolicy drives AtomMem episodes only, got {getattr(view, 'kind', view)!r}")
+        if view.phase == READ:
+            return self._read_turn(view)
+        if view.phase == ANSWER:
+            return self._answer_turn(view)
         raise RuntimeError("episode is over")
 
     def _sample_facts(self, sample: LongContextSample) -> tuple[list[_Fact], list[list[int]]]:
-        if sample.id not in self._facts:
-            if len(self._facts) >= 256:
-                self._facts.clear()
-            self._facts[sample.id] = sample_facts(sample)
-        return self._facts[sample.id]
-
-    @staticmethod
-    def _shown(episode: Episode) -> list[Entry]:
-        shown = getattr(episode, "last_shown", None)
-        return list(shown if shown is not None else getattr(episode, "_last_shown", None) or [])
+        return self._facts.get(sample, lambda: sample_facts(sample))
 
     @staticmethod
     def _render(kind: str, text: str = "", id: int | None = None) -> str:
@@ -217,15 +208,15 @@ class OraclePolicy:
 
     # -- read phase ------------------------------------------------------------------------------------------
 
-    def _read_turn(self, ep: Episode) -> str:
+    def _read_turn(self, ep: EpisodeView) -> str:
         cfg, storage = ep.cfg, ep.cfg.use_storage
         facts, per_question = self._sample_facts(ep.sample)
-        last = ep.chunk_index == len(ep.chunks) - 1
-        texts = [e.text for e in ep.store.entries()] if storage else [ep.scratchpad]
+        last = ep.last_chunk
+        texts = [e.text for e in ep.stored] if storage else [ep.scratchpad]
         memory = [normalize_answer(t) for t in texts]
         held = {i for i, f in enumerate(facts) if any(f.norm in t for t in memory)}
         # Only entries shown whole can be merged: the model could not rewrite text it never saw.
-        shown = [e for e in self._shown(ep) if len(e.text) <= cfg.memory_max_chars] if storage else []
+        shown = [e for e in ep.shown if len(e.text) <= cfg.memory_max_chars] if storage else []
         visible, completes, partial = self._scan(ep, facts, held, shown)
 
         turn = _ReadTurn()
@@ -266,7 +257,7 @@ class OraclePolicy:
         return turn.text(_NOTHING[ep.chunk_index % len(_NOTHING)])
 
     def _scan(
-        self, ep: Episode, facts: list[_Fact], held: set[int], shown: list[Entry]
+        self, ep: EpisodeView, facts: list[_Fact], held: set[int], shown: list[Entry]
     ) -> tuple[list[int], dict[int, Entry], dict[int, str]]:
         """Facts of this chunk not yet held: (visible, completed entry per fact, beginning per cut-off fact).
 
@@ -274,7 +265,7 @@ class OraclePolicy:
         Cut off: the chunk ends with its beginning and the next chunk does not repeat it whole.
         """
         storage = ep.cfg.use_storage
-        chunk = _squash(ep.chunks[ep.chunk_index])
+        chunk = _squash(ep.chunk)
         visible: list[int] = []
         completes: dict[int, Entry] = {}
         for i, f in enumerate(facts):
@@ -291,8 +282,8 @@ class OraclePolicy:
                     completes[i] = e
                     break
         partial: dict[int, str] = {}
-        if storage and ep.chunk_index + 1 < len(ep.chunks):
-            following = _squash(ep.chunks[ep.chunk_index + 1])
+        if storage and ep.next_chunk is not None:
+            following = _squash(ep.next_chunk)
             for i, f in enumerate(facts):
                 if i in held or i in visible or f.squashed in following:
                     continue
@@ -314,7 +305,7 @@ class OraclePolicy:
 
     def _store(
         self,
-        ep: Episode,
+        ep: EpisodeView,
         facts: list[_Fact],
         visible: list[int],
         completes: dict[int, Entry],
@@ -366,7 +357,7 @@ class OraclePolicy:
                 bodies.append(f"{title}: {s}")
         return bodies
 
-    def _dedupe(self, ep: Episode, shown: list[Entry], turn: _ReadTurn) -> None:
+    def _dedupe(self, ep: EpisodeView, shown: list[Entry], turn: _ReadTurn) -> None:
         """Delete shown entries that another shown entry already contains (duplicates, stale beginnings)."""
         if not ep.cfg.allow_delete:
             return
@@ -386,7 +377,7 @@ class OraclePolicy:
 
     def _pad(
         self,
-        ep: Episode,
+        ep: EpisodeView,
         facts: list[_Fact],
         per_question: list[list[int]],
         held: set[int],
@@ -414,17 +405,17 @@ class OraclePolicy:
     # -- answer phase ----------------------------------------------------------------------------------------
 
     @staticmethod
-    def _question_query(ep: Episode, facts: list[_Fact], per_question: list[list[int]], q: int) -> str:
+    def _question_query(ep: EpisodeView, facts: list[_Fact], per_question: list[list[int]], q: int) -> str:
         titles = list(dict.fromkeys(facts[i].title for i in per_question[q]))
         return " ".join([ep.sample.questions[q].strip(), *titles]).strip()
 
-    def _answer_turn(self, ep: Episode) -> str:
+    def _answer_turn(self, ep: EpisodeView) -> str:
         cfg = ep.cfg
         facts, per_question = self._sample_facts(ep.sample)
         q = ep.question_index
-        shown = self._shown(ep) if cfg.use_storage else []
+        shown = list(ep.shown) if cfg.use_storage else []
         shown_norm = [normalize_answer(e.text) for e in shown]
-        stored = [normalize_answer(e.text) for e in ep.store.entries()] if cfg.use_storage else []
+        stored = [normalize_answer(e.text) for e in ep.stored] if cfg.use_storage else []
         needed = [facts[i] for i in per_question[q]]
         missing = [f for f in needed if not any(f.norm in t for t in shown_norm) and any(f.norm in t for t in stored)]
         if cfg.use_storage and ep.reads_left > 0 and missing:
@@ -450,7 +441,7 @@ class OraclePolicy:
         return f"{why}\n{self._render('answer', answer)}"
 
     def _next_query(
-        self, ep: Episode, facts: list[_Fact], per_question: list[list[int]], missing: list[_Fact]
+        self, ep: EpisodeView, facts: list[_Fact], per_question: list[list[int]], missing: list[_Fact]
     ) -> str | None:
         """The question with its titles, then the missing titles, then each alone; never the current query."""
         titles = list(dict.fromkeys(f.title for f in missing))

@@ -18,7 +18,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from atom.agent.episode import AgentConfig, EmbedRequest, Episode, EpisodeResult
+from atom.agent.atommem import AtomMemEpisode
+from atom.agent.episode import AgentConfig, EmbedRequest, Episode, EpisodeResult, EpisodeView, SampleCache
 from atom.agent.prompts import Messages
 from atom.data.chunker import TokenChunker
 from atom.data.longcontext import LongContextSample
@@ -34,6 +35,7 @@ class Reply:
     prompt_ids: torch.Tensor | None = None  # (P,) int64: the prompt exactly as the model saw it
     completion_ids: torch.Tensor | None = None  # (C,) int64: sampled tokens, up to and including EOS
     logprobs: torch.Tensor | None = None  # (C,) float32: log pi_old(token) at the sampling temperature
+    truncated: bool = False  # the prompt was centre-cut to the policy's prompt budget before generating
 
 
 @dataclass
@@ -58,8 +60,7 @@ class Turn:
 
 @dataclass
 class Trajectory:
-    sample_id: str
-    group: int  # index of the sample in the batch: trajectories of one group share a sample (GRPO)
+    sample_id: str  # trajectories of one GRPO group share it (``run`` returns each group contiguous)
     turns: list[Turn]
     result: EpisodeResult
 
@@ -80,15 +81,25 @@ class RolloutStats:
     per_step_batch: list[int] = field(default_factory=list)  # active episodes at each step
 
 
+@dataclass(frozen=True)
+class Observation:
+    """What a policy is given for one episode's turn; no policy ever holds the episode itself."""
+
+    messages: Messages  # the prompt: all a model policy reads
+    view: EpisodeView | None = None  # the state behind it, all a scripted teacher reads (None: not recorded)
+
+
 class Policy(Protocol):
-    def act(self, episodes: Sequence[Episode], messages: Sequence[Messages]) -> list[Reply]: ...
+    """Anything that replies to a lockstep step: one ``Reply`` per observation, in order."""
+
+    def act(self, observations: Sequence[Observation]) -> list[Reply]: ...
 
 
 EpisodeFactory = Callable[[LongContextSample, list[str], MemoryStore], Episode]
 
 
 def atommem_episode(cfg: AgentConfig) -> EpisodeFactory:
-    return lambda sample, chunks, store: Episode(sample, chunks, store, cfg)
+    return lambda sample, chunks, store: AtomMemEpisode(sample, chunks, store, cfg)
 
 
 class RolloutEngine:
@@ -105,15 +116,11 @@ class RolloutEngine:
         self.policy, self.embedder, self.chunker = policy, embedder, chunker
         self.memory_cfg, self.make_episode = memory_cfg, make_episode
         self.stats = RolloutStats()
-        self._chunk_cache: dict[str, list[str]] = {}
+        self._chunks: SampleCache[list[str]] = SampleCache()
 
     def chunks(self, sample: LongContextSample) -> list[str]:
-        # Groups repeat a sample G times; tokenize its context once.
-        if sample.id not in self._chunk_cache:
-            if len(self._chunk_cache) >= 256:
-                self._chunk_cache.clear()
-            self._chunk_cache[sample.id] = [c.text for c in self.chunker.chunks(sample.context)]
-        return self._chunk_cache[sample.id]
+        """The sample's context in chunks, tokenized once per sample (a group repeats it G times)."""
+        return self._chunks.get(sample, lambda: [c.text for c in self.chunker.chunks(sample.context)])
 
     def episodes(self, samples: Sequence[LongContextSample], repeats: int = 1) -> list[Episode]:
         return [
@@ -140,21 +147,22 @@ class RolloutEngine:
             if progress is not None:
                 progress(sum(e.done for e in episodes))
         self.stats.total_s += time.perf_counter() - start
-        return [Trajectory(e.sample.id, i // repeats, t, e.result()) for i, (e, t) in enumerate(zip(episodes, turns))]
+        return [Trajectory(e.sample.id, t, e.result()) for e, t in zip(episodes, turns)]
 
     def step(self, episodes: list[Episode], turns: list[list[Turn]]) -> None:
         """One lockstep step: one generation call, one document and one query embedding call."""
-        messages = [e.messages() for e in episodes]
+        observations = [Observation(e.messages(), e.view()) for e in episodes]
         t0 = time.perf_counter()
-        replies = self.policy.act(episodes, messages)
+        replies = self.policy.act(observations)
         self.stats.generate_s += time.perf_counter() - t0
         phases = [e.phase for e in episodes]
         requests = [e.observe(r.text) for e, r in zip(episodes, replies)]
         vectors = self._embed(requests)
         for e, v in zip(episodes, vectors):
             e.commit(v)
-        for e, r, m, p, ts in zip(episodes, replies, messages, phases, turns):
-            ts.append(Turn(p, m, r))
+        for e, r, o, p, ts in zip(episodes, replies, observations, phases, turns):
+            ts.append(Turn(p, o.messages, r))
+            e.stats.truncated_prompts += r.truncated
             if r.prompt_ids is not None:
                 e.stats.prompt_tokens += len(r.prompt_ids)
                 e.stats.completion_tokens += len(r.completion_ids)

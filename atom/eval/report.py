@@ -36,6 +36,7 @@ def summarize(trajectories: Sequence[Trajectory], wall_s: float) -> dict:
         "llm_calls_per_episode": _mean([s.llm_calls for s in stats]),
         "prompt_tokens_per_episode": _mean([s.prompt_tokens for s in stats]),
         "completion_tokens_per_episode": _mean([s.completion_tokens for s in stats]),
+        "truncated_prompts_per_episode": _mean([s.truncated_prompts for s in stats]),  # centre-cut to the budget
         "wall_s": wall_s,
     }
     stored = [r.facts_stored for r in results if r.facts_stored is not None]
@@ -80,5 +81,6 @@ def write_results(out_dir: str | Path, rows: dict[str, dict], trajectories: dict
                     "method": method, "sample_id": r.sample_id, "predictions": r.predictions, "em": r.em,
                     "f1": r.f1, "ops": dict(r.stats.ops), "invalid": dict(r.stats.invalid),
                     "llm_calls": r.stats.llm_calls, "store_sizes": r.stats.store_sizes,
+                    "truncated_prompts": r.stats.truncated_prompts,
                 }) + "\n")  # fmt: skip
     return out / "results.json"

@@ -300,6 +300,7 @@ class GRPOModule(L.LightningModule):
             "grpo/completion_length_min": float(min(completions, default=0)),
             "grpo/completion_clipped_ratio": sum(c >= self.sampling.max_new_tokens for c in completions)
             / max(len(completions), 1),
+            "grpo/truncated_prompts": summary["truncated_prompts_per_episode"],
             "memory/store_size": summary["mean_store_size"],
             "memory/invalid_actions": summary["invalid_per_episode"],
             "time/rollout": rollout_s,
