@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from atom.agent.atommem import AtomMemEpisode
-from atom.agent.episode import ANSWER, READ, AgentConfig
+from atom.agent.episode import ANSWER, READ, AgentConfig, AtomMemEpisode
 from atom.data.longcontext import LongContextSample
 from atom.data.records import Paragraph
 from atom.memory.embedder import HashEmbedder, MemoryConfig

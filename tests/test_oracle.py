@@ -9,8 +9,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from atom.agent.actions import parse_actions
-from atom.agent.atommem import AtomMemEpisode
-from atom.agent.episode import ANSWER, AgentConfig
+from atom.agent.episode import ANSWER, AgentConfig, AtomMemEpisode
 from atom.agent.oracle import OraclePolicy, sample_facts
 from atom.agent.rollout import RolloutEngine, atommem_episode
 from atom.data.chunker import TokenChunker

@@ -18,8 +18,15 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from atom.agent.atommem import AtomMemEpisode
-from atom.agent.episode import AgentConfig, EmbedRequest, Episode, EpisodeResult, EpisodeView, SampleCache
+from atom.agent.episode import (
+    AgentConfig,
+    AtomMemEpisode,
+    EmbedRequest,
+    Episode,
+    EpisodeResult,
+    EpisodeView,
+    SampleCache,
+)
 from atom.agent.prompts import Messages
 from atom.data.chunker import TokenChunker
 from atom.data.longcontext import LongContextSample
