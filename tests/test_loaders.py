@@ -31,16 +31,22 @@ def musique():
     return load_musique(MUSIQUE)
 
 
+def check_first(records, id, question, answers, paragraphs, supporting, titles=None, sentences=None) -> None:
+    """The first record of a file, field by field (titles: of its supporting paragraphs)."""
+    first = records[0]
+    assert (first.id, first.question, first.answers) == (id, question, answers)
+    assert (len(first.paragraphs), first.supporting) == (paragraphs, supporting)
+    if titles is not None:
+        assert [first.paragraphs[i].title for i in first.supporting] == titles
+    if sentences is not None:
+        assert first.supporting_sentences == sentences
+
+
 def test_hotpotqa_format(hotpot):
-    assert [r.id for r in hotpot] == [f"hq-000{i}" for i in range(1, 7)]
+    assert [r.id for r in hotpot] == [f"hq-000{i}" for i in range(1, 7)] and hotpot[0].dataset == "hotpotqa"
+    question = "Were Mira Koval and Tobin Ashe both painters?"
+    check_first(hotpot, "hq-0001", question, ("yes",), 4, (1, 3), ["Mira Koval", "Tobin Ashe"], ((1, 0), (3, 0)))
     first = hotpot[0]
-    assert first.question == "Were Mira Koval and Tobin Ashe both painters?"
-    assert first.answers == ("yes",)
-    assert first.dataset == "hotpotqa"
-    assert len(first.paragraphs) == 4
-    assert first.supporting == (1, 3)
-    assert [first.paragraphs[i].title for i in first.supporting] == ["Mira Koval", "Tobin Ashe"]
-    assert first.supporting_sentences == ((1, 0), (3, 0))
     # HotpotQA sentences after the first carry their separating space: the text is their plain concatenation
     para = first.paragraphs[0]
     assert para.sentences[1].startswith(" ")
@@ -52,12 +58,11 @@ def test_hotpotqa_format(hotpot):
 
 def test_2wiki_format(wiki):
     assert [r.id for r in wiki] == ["w-0001", "w-0002", "w-0003", "w-0004"]
+    question = "Where does the founder of Kessel Films work?"
+    check_first(
+        wiki, "w-0001", question, ("Lumen Review",), 3, (0, 1), ["Orla Brant", "Kessel Films"], ((0, 2), (1, 1))
+    )
     first = wiki[0]
-    assert first.question == "Where does the founder of Kessel Films work?"
-    assert first.answers == ("Lumen Review",)
-    assert first.supporting == (0, 1)
-    assert [first.paragraphs[i].title for i in first.supporting] == ["Orla Brant", "Kessel Films"]
-    assert first.supporting_sentences == ((0, 2), (1, 1))
     # 2Wiki stores bare sentences: the loader gives each later one its separating space
     raw = json.loads(WIKI.read_text())[0]["context"][0][1]
     para = first.paragraphs[0]
@@ -83,12 +88,8 @@ def test_2wiki_repeated_paragraph_facts_point_at_first_copy(wiki):
 
 def test_musique_format(musique):
     assert [r.id for r in musique] == ["2hop__1001_1002", "2hop__1003_1004", "3hop1__1005_1006_1007"]
-    first = musique[0]
-    assert first.question == "What is the seat of the county where Hale Township is located?"
-    assert first.answers == ("Millford",)
-    assert len(first.paragraphs) == 4
-    assert first.supporting == (1, 3)
-    assert first.supporting_sentences == ((1, 0), (3, 0))
+    question = "What is the seat of the county where Hale Township is located?"
+    check_first(musique, "2hop__1001_1002", question, ("Millford",), 4, (1, 3), sentences=((1, 0), (3, 0)))
     check_musique_against_raw(musique, MUSIQUE)
     assert musique[1].answers == ("Ostry", "Ostry port")  # gold first, aliases after, no repeat
 
@@ -112,14 +113,9 @@ def check_musique_against_raw(records, path) -> None:
 def test_real_hotpotqa_sample():
     hotpot = load_hotpotqa(REAL_FILES["hotpotqa"])
     assert len(hotpot) == 103
-    first = hotpot[0]
-    assert first.id == "5a8b57f25542995d1e6f1371"
-    assert first.question == "Were Scott Derrickson and Ed Wood of the same nationality?"
-    assert first.answers == ("yes",)
-    assert len(first.paragraphs) == 10
-    assert first.supporting == (1, 4)
-    assert [first.paragraphs[i].title for i in first.supporting] == ["Scott Derrickson", "Ed Wood"]
-    assert first.supporting_sentences == ((1, 0), (4, 0))
+    question = "Were Scott Derrickson and Ed Wood of the same nationality?"
+    titles = ["Scott Derrickson", "Ed Wood"]
+    check_first(hotpot, "5a8b57f25542995d1e6f1371", question, ("yes",), 10, (1, 4), titles, ((1, 0), (4, 0)))
     assert hotpot[-1].id == "5ae738f75542991bbc9761c4"
     assert sum(len(r.paragraphs) == 2 for r in hotpot) == 1  # the one record with 2 paragraphs (data README)
     # HotpotQA's splitter sometimes cuts inside a quoted title; plain concatenation must not add a space there
@@ -131,11 +127,12 @@ def test_real_hotpotqa_sample():
 def test_real_2wiki_sample():
     wiki = load_2wiki(REAL_FILES["2wiki"])
     assert len(wiki) == 400
-    first = wiki[0]
-    assert first.id == "91edc89c0bdc11eba7f7acde48001122"
-    assert first.answers == ("Cahiers du cinéma",)
-    assert [first.paragraphs[i].title for i in first.supporting] == ["Les films du losange", "Éric Rohmer"]
-    assert first.supporting_sentences == ((2, 0), (4, 2))
+    question, titles = (
+        "Where does the founder of Les Films Du Losange work at?",
+        ["Les films du losange", "Éric Rohmer"],
+    )
+    check_first(wiki, "91edc89c0bdc11eba7f7acde48001122", question, ("Cahiers du cinéma",), 10, (2, 4), titles)
+    assert wiki[0].supporting_sentences == ((2, 0), (4, 2))
     assert all(len(r.paragraphs) == 10 for r in wiki)
     # the upstream quirk the data README names: a supporting fact past its paragraph's only sentence
     record = next(r for r in wiki if r.id == "77f5a3dc0bb011ebab90acde48001122")
@@ -149,12 +146,8 @@ def test_real_2wiki_sample():
 def test_real_musique_sample():
     musique = load_musique(REAL_FILES["musique"])
     assert len(musique) == 150
-    first = musique[0]
-    assert first.id == "2hop__574419_270105"
-    assert first.question == "What is the seat of the county where Van Hook Township is located?"
-    assert first.answers == ("Stanley",)
-    assert len(first.paragraphs) == 20
-    assert first.supporting == (1, 8)
+    question = "What is the seat of the county where Van Hook Township is located?"
+    check_first(musique, "2hop__574419_270105", question, ("Stanley",), 20, (1, 8))
     check_musique_against_raw(musique, REAL_FILES["musique"])
 
 
