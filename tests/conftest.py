@@ -59,6 +59,26 @@ TINY_SYNTHETIC = TINY + [
     "data.synthetic.distractors=2",
 ]
 
+# Shrinks any experiment YAML to seconds while keeping its stages, agent rules, losses and ablation switches
+# (the experiment smoke runs and the notebook).
+TINY_EXPERIMENT = TINY + [
+    "data.max_records=12",
+    "data.val_fraction=0.5",
+    "data.synthetic.num_records=12",
+    "sampling.max_new_tokens=4",
+    "sampling.batch_size=8",
+    "sft.epochs=1",
+    "sft.batch_size=8",
+    "sft.max_tokens=1024",
+    "grpo.max_steps=1",
+    "grpo.group_size=2",
+    "grpo.prompts_per_step=1",
+    "grpo.micro_batch_size=8",
+    "grpo.val_every=1",
+    "grpo.val_samples=1",
+    "eval.max_samples=1",
+]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     no_data = pytest.mark.skip(reason=f"needs the real dataset samples in {SHARED_DATA} (absent)")

@@ -9,29 +9,10 @@ import pytest
 from atom.config import load_config
 from atom.fit import fit
 
-from .conftest import FIXTURE_FILES, TINY
+from .conftest import FIXTURE_FILES, TINY_EXPERIMENT
 
 ROOT = Path(__file__).resolve().parents[1]
 YAMLS = sorted((ROOT / "experiments").rglob("*.yaml"))
-
-# Shrinks any experiment to seconds while keeping its stages, agent rules, losses and ablation switches.
-OVERLAY = TINY + [
-    "data.max_records=12",
-    "data.val_fraction=0.5",
-    "data.synthetic.num_records=12",
-    "sampling.max_new_tokens=4",
-    "sampling.batch_size=8",
-    "sft.epochs=1",
-    "sft.batch_size=8",
-    "sft.max_tokens=1024",
-    "grpo.max_steps=1",
-    "grpo.group_size=2",
-    "grpo.prompts_per_step=1",
-    "grpo.micro_batch_size=8",
-    "grpo.val_every=1",
-    "grpo.val_samples=1",
-    "eval.max_samples=1",
-]
 
 
 def local_data(path: Path) -> list[str]:
@@ -74,7 +55,7 @@ def test_yaml_data_path_exists(path, monkeypatch):
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.relative_to(ROOT / "experiments").as_posix())
 def test_yaml_smoke_runs_with_a_tiny_overlay(path, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # data paths in the YAMLs are relative to the repository root, like the README's commands
-    cfg = load_config(path, OVERLAY + local_data(path) + [f"run.out_dir={tmp_path}"])
+    cfg = load_config(path, TINY_EXPERIMENT + local_data(path) + [f"run.out_dir={tmp_path}"])
     if "atom.evaluate" in path.read_text().splitlines()[0]:
         from atom.evaluate import run
 
@@ -91,7 +72,7 @@ def test_yaml_smoke_runs_with_a_tiny_overlay(path, tmp_path, monkeypatch):
 def test_an_evaluation_after_each_stage_is_labelled_by_what_was_trained(tmp_path):
     cfg = load_config(
         ROOT / "experiments" / "quickstart.yaml",
-        OVERLAY + [f"run.out_dir={tmp_path}", "run.stages=[sft,eval,grpo,eval]", "eval.before_training=true"],
+        TINY_EXPERIMENT + [f"run.out_dir={tmp_path}", "run.stages=[sft,eval,grpo,eval]", "eval.before_training=true"],
     )
     table = fit(cfg)
     assert list(table) == ["atommem (before)", "atommem (after sft)", "atommem (after sft+grpo)"]

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.test_experiments import TINY
+from .conftest import TINY_EXPERIMENT
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -24,7 +24,7 @@ def test_notebook_is_stored_without_outputs(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 @pytest.mark.slow
 def test_notebook_runs(path, tmp_path, monkeypatch):
-    monkeypatch.setenv("ATOM_NOTEBOOK_OVERLAY", json.dumps(TINY))
+    monkeypatch.setenv("ATOM_NOTEBOOK_OVERLAY", json.dumps(TINY_EXPERIMENT))
     monkeypatch.setenv("ATOM_NOTEBOOK_OUT", str(tmp_path))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(path, as_version=4)
