@@ -2,7 +2,8 @@
 
 The paper's cold start distils a stronger policy: run it over the training samples, keep the trajectories whose
 reward is at least ``sft.min_reward``, train on their turns. ``--policy oracle`` uses the gold-fact teacher;
-``--policy model`` uses ``model.name_or_path`` (e.g. a large hub model on a GPU) with ``sampling.*``.
+``--policy model`` uses ``model.name_or_path`` (e.g. a large hub model, on the GPU when one exists) with
+``sampling.*``.
 The JSONL written here is what ``sft.demos`` reads (filtering happens when reading, so one file serves several
 thresholds).
 """
@@ -12,10 +13,10 @@ from __future__ import annotations
 import argparse
 import logging
 
+from atom import pipeline
 from atom.agent.hf_policy import HFPolicy
 from atom.agent.oracle import OraclePolicy
 from atom.config import load_config
-from atom.fit import Pipeline
 from atom.train.sft import write_trajectories
 
 
@@ -30,12 +31,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
-    p = Pipeline(cfg, with_model=args.policy == "model")
+    p = pipeline.build(cfg)
     samples = p.data.train_samples if args.split == "train" else p.data.val_samples
     if args.policy == "oracle":
         policy = OraclePolicy()
     else:
-        policy = HFPolicy(p.model, p.tokenizer, cfg.sampling, max_prompt_tokens=p.max_prompt_tokens)
+        model = pipeline.load_policy(p)
+        if cfg.model.quantization == "none":
+            model.to(p.device)  # this process's GPU when there is one; a quantized model stays as loaded
+        policy = HFPolicy(model, p.tokenizer, cfg.sampling, max_prompt_tokens=p.max_prompt_tokens(model))
     trajectories = p.engine(policy).run(samples, repeats=args.repeats)
     n = write_trajectories(args.out, trajectories)
     kept = sum(t.reward >= cfg.sft.min_reward for t in trajectories)

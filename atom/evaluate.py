@@ -1,8 +1,9 @@
 """``python -m atom.evaluate CONFIG [key=value ...]``: the evaluation table for a policy and the baselines.
 
-Builds every piece from the config through ``atom.fit.Pipeline`` (samples, tokenizer, model, embedder, chunker),
-runs the methods of ``eval.methods`` on the validation samples and writes ``results.json``, ``results.md``,
-``episodes.jsonl``, ``trajectories.html`` and the resolved ``config.yaml`` into ``<run.out_dir>/<run.name>/eval``.
+Builds the pieces with ``atom.pipeline`` (samples, tokenizer, embedder, chunker) and the policy, runs the methods
+of ``eval.methods`` on the validation samples (on the GPU when one exists) and writes ``results.json``,
+``results.md``, ``episodes.jsonl``, ``trajectories.html`` and the resolved ``config.yaml`` into
+``<run.out_dir>/<run.name>/eval``.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import argparse
 import dataclasses
 import logging
 
+from atom import pipeline
 from atom.config import Config, load_config, save_config
-from atom.eval.harness import evaluate, markdown_table
-from atom.fit import Pipeline
+from atom.eval.report import markdown_table
 
 
 def run(cfg: Config, progress: bool = True) -> dict[str, dict]:
@@ -22,14 +23,11 @@ def run(cfg: Config, progress: bool = True) -> dict[str, dict]:
     if cfg.eval.checkpoint:  # a saved policy (atom.fit's runs/<name>/policy) replaces model.name_or_path
         model = dataclasses.replace(cfg.model, name_or_path=cfg.eval.checkpoint, gguf_file="")
         cfg = dataclasses.replace(cfg, model=model)
-    p = Pipeline(cfg, with_model=any(m != "oracle" for m in cfg.eval.methods))
-    samples = p.data.val_samples[: cfg.eval.max_samples or None]
-    rows, _ = evaluate(
-        samples, cfg.eval.methods, agent=cfg.agent, ecfg=cfg.eval, sampling=cfg.sampling, chunker=p.chunker,
-        embedder=p.embedder, memory_cfg=cfg.memory, model=p.model, tokenizer=p.tokenizer, window_tokens=p.window,
-        out_dir=out_dir, progress=progress,
-    )  # fmt: skip
-    print(f"{len(samples)} samples of {cfg.data.dataset} at {cfg.data.num_docs} documents -> {out_dir}")
+    p = pipeline.build(cfg)
+    model = pipeline.load_policy(p) if any(m != "oracle" for m in cfg.eval.methods) else None
+    rows = pipeline.evaluate(model, p, out_dir, progress=progress)
+    n = min(len(p.data.val_samples), cfg.eval.max_samples or len(p.data.val_samples))
+    print(f"{n} samples of {cfg.data.dataset} at {cfg.data.num_docs} documents -> {out_dir}")
     print(markdown_table(rows))
     return rows
 

@@ -93,11 +93,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 def tiny_pipeline(tmp_path):
-    """A factory of ``Pipeline``s built from TINY_SYNTHETIC plus ``overrides``, writing under a fresh run dir."""
+    """A factory of (pieces, policy) built by ``atom.pipeline`` from TINY_SYNTHETIC plus ``overrides``, writing
+    under a fresh run dir."""
+    from atom import pipeline
     from atom.config import load_config
-    from atom.fit import Pipeline
 
     def build(*overrides: str):
-        return Pipeline(load_config(None, TINY_SYNTHETIC + [f"run.out_dir={tmp_path}", *overrides]))
+        p = pipeline.build(load_config(None, TINY_SYNTHETIC + [f"run.out_dir={tmp_path}", *overrides]))
+        return p, pipeline.load_policy(p)
 
     return build

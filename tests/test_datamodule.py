@@ -17,7 +17,7 @@ from atom.data.synthetic import SyntheticConfig
 
 
 def small(**kw) -> DataConfig:
-    base = dict(num_docs=12, max_questions=3, batch_size=2, synthetic=SyntheticConfig(num_records=40, hops=2, seed=5))
+    base = dict(num_docs=12, max_questions=3, synthetic=SyntheticConfig(num_records=40, hops=2, seed=5))
     return DataConfig(**{**base, **kw})
 
 
@@ -30,7 +30,6 @@ def small(**kw) -> DataConfig:
         ({"chunk_tokens": 100, "chunk_overlap": 100}, "data.chunk_overlap"),
         ({"max_questions": 0}, "data.max_questions"),
         ({"single_question_prob": -0.1}, "data.single_question_prob"),
-        ({"batch_size": 0}, "data.batch_size"),
     ],
 )
 def test_config_invariants_name_the_field(kw, field):
@@ -73,18 +72,27 @@ def test_setup_builds_both_splits_once():
     assert dm.train_samples is before
 
 
-def test_dataloaders_yield_lists_of_samples_in_reproducible_order():
-    dm = AtomDataModule(small())
+def _rollout_batches(dm: AtomDataModule, steps: int) -> list[list[str]]:
+    loader = dm.train_dataloader()
+    out = []
+    for step in range(steps):  # Lightning calls set_epoch at every epoch (= rollout step)
+        loader.sampler.set_epoch(step)
+        out += [[s.id for s in batch] for batch in loader]
+    return out
+
+
+def test_dataloaders_yield_one_rollout_batch_per_epoch_in_reproducible_order():
+    dm = AtomDataModule(small(), prompts_per_step=2, val_samples=3)
     dm.setup()
-    batches = list(dm.train_dataloader())
-    assert all(isinstance(b, list) and all(isinstance(s, LongContextSample) for s in b) for b in batches)
-    assert [len(b) for b in batches[:-1]] == [2] * (len(batches) - 1)
-    order = [s.id for b in batches for s in b]
-    assert sorted(order) == sorted(s.id for s in dm.train_samples)
+    batch = next(iter(dm.train_dataloader()))
+    assert isinstance(batch, list) and len(batch) == 2 and all(isinstance(s, LongContextSample) for s in batch)
+    n = len(dm.train_samples)
+    order = [i for b in _rollout_batches(dm, (n + 1) // 2) for i in b][:n]
+    assert sorted(order) == sorted(s.id for s in dm.train_samples)  # every sample once per pass
     assert order != [s.id for s in dm.train_samples]  # shuffled
-    again = AtomDataModule(small())
-    assert [s.id for b in again.train_dataloader() for s in b] == order  # a fresh module (a resumed run) agrees
-    assert [s.id for b in dm.val_dataloader() for s in b] == [s.id for s in dm.val_samples]
+    again = AtomDataModule(small(), prompts_per_step=2)
+    assert _rollout_batches(again, 3) == _rollout_batches(dm, 3)  # a fresh module (a resumed run) agrees
+    assert [s.id for b in dm.val_dataloader() for s in b] == [s.id for s in dm.val_samples[:3]]
 
 
 def test_epoch_shuffler_orders_depend_on_epoch_only():
@@ -95,6 +103,14 @@ def test_epoch_shuffler_orders_depend_on_epoch_only():
     assert first != second and sorted(second) == list(range(30))
     b.set_epoch(1)
     assert list(b) == second
+
+
+def test_epoch_shuffler_gives_each_rank_its_slice_of_every_global_batch():
+    single = list(EpochShuffler(10, seed=3))
+    ranks = [list(EpochShuffler(10, seed=3, batch_size=2, rank=r, world=2)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 6  # 10 items -> 3 global batches of 4, wrapped around
+    for g in range(3):
+        assert ranks[0][2 * g : 2 * g + 2] + ranks[1][2 * g : 2 * g + 2] == (single + single)[4 * g : 4 * g + 4]
 
 
 def test_val_fraction_one_evaluates_every_record():

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from atom import pipeline
 from atom.agent.hf_policy import HFPolicy, SamplingConfig
 from atom.agent.rollout import Observation, Trajectory
 from atom.config import load_config
-from atom.fit import Pipeline, run_grpo
-from atom.train.grpo import PromptSchedule, TurnSequence, pad_batch, token_logprobs
+from atom.data.datamodule import RolloutSampler
+from atom.train.grpo import TurnSequence, pad_batch, token_logprobs
 
 from .conftest import TINY_SYNTHETIC
 
@@ -35,9 +36,15 @@ def parity_reward(monkeypatch):
     )
 
 
-def test_padded_batch_aligns_old_logprobs_and_mask_with_the_model(tiny_pipeline):
-    p = tiny_pipeline()
-    policy = HFPolicy(p.model, p.tokenizer, SamplingConfig(max_new_tokens=5, seed=1))
+def build(overrides: list[str]):
+    """The pieces and the policy, as atom.fit builds them."""
+    p = pipeline.build(load_config(None, overrides))
+    return p, pipeline.load_policy(p)
+
+
+def test_padded_batch_aligns_old_logprobs_and_mask_with_the_model(tmp_path):
+    p, model = build(TINY + [f"run.out_dir={tmp_path}"])
+    policy = HFPolicy(model, p.tokenizer, SamplingConfig(max_new_tokens=5, seed=1))
     msgs = [[{"role": "user", "content": "short"}], [{"role": "user", "content": "a longer prompt " * 8}]]
     replies = policy.act([Observation(m) for m in msgs])
     seqs = [
@@ -54,25 +61,36 @@ def test_padded_batch_aligns_old_logprobs_and_mask_with_the_model(tiny_pipeline)
         assert b["mask"][row].nonzero().flatten().tolist() == list(range(keep - 1 - n_c, keep - 1))
         assert b["input_ids"][row, -n_c:].tolist() == r.completion_ids.tolist()
     with torch.no_grad():
-        lp, _ = token_logprobs(p.model, b, 1.0)
+        lp, _ = token_logprobs(model, b, 1.0)
     m = b["mask"].bool()
     torch.testing.assert_close(lp[m], b["old_logprobs"][m], atol=2e-4, rtol=1e-4)  # on-policy: ratio 1
 
 
-def test_schedule_depends_only_on_seed_and_step():
-    a = PromptSchedule(list(range(5)), 3, seed=1)  # type: ignore[arg-type]
-    b = PromptSchedule(list(range(5)), 3, seed=1)  # type: ignore[arg-type]
-    assert [a.batch(s) for s in range(4)] == [b.batch(s) for s in (0, 1, 2, 3)]
-    first_epoch = a.batch(0) + a.batch(1)[:2]
-    assert sorted(first_epoch) == list(range(5))  # each sample once per epoch
+def test_rollout_batches_depend_only_on_seed_and_step_and_split_whole_prompts_over_ranks():
+    def batches(rank: int = 0, world: int = 1, seed: int = 1) -> list[list[int]]:
+        sampler = RolloutSampler(5, 4, seed=seed, rank=rank, world=world)
+        out = []
+        for step in range(4):
+            sampler.set_epoch(step)
+            out.append(list(sampler))
+        return out
+
+    single = batches()
+    assert single == batches() and single != batches(seed=2)
+    assert sorted(single[0] + single[1][:1]) == list(range(5))  # each sample once per pass
+    shares = [batches(rank, 2) for rank in (0, 1)]
+    for step, prompts in enumerate(single):
+        assert shares[0][step] + shares[1][step] == prompts[0::2] + prompts[1::2]
+    with pytest.raises(ValueError, match="prompts_per_step"):
+        RolloutSampler(5, 1, seed=0, rank=0, world=2)
 
 
 @pytest.mark.slow
 def test_one_grpo_step_moves_every_trainable_parameter(tmp_path, parity_reward):
-    p = Pipeline(load_config(None, TINY + [f"run.out_dir={tmp_path}", "grpo.max_steps=1"]))
-    before = {n: t.detach().clone() for n, t in p.model.named_parameters() if t.requires_grad}
-    run_grpo(p)
-    after = dict(p.model.named_parameters())
+    p, model = build(TINY + [f"run.out_dir={tmp_path}", "grpo.max_steps=1"])
+    before = {n: t.detach().clone() for n, t in model.named_parameters() if t.requires_grad}
+    model = pipeline.grpo(model, p)
+    after = dict(model.named_parameters())
     unchanged = [n for n, t in before.items() if torch.equal(t, after[n].detach())]
     assert not unchanged, f"parameters that did not move: {unchanged}"
     assert (tmp_path / "atom" / "checkpoints" / "grpo" / "last.ckpt").is_file()
@@ -82,15 +100,13 @@ def test_one_grpo_step_moves_every_trainable_parameter(tmp_path, parity_reward):
 
 @pytest.mark.slow
 def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, parity_reward):
-    straight = Pipeline(load_config(None, TINY + [f"run.out_dir={tmp_path}/a", "grpo.max_steps=2"]))
-    run_grpo(straight)
-    first = Pipeline(load_config(None, TINY + [f"run.out_dir={tmp_path}/b", "grpo.max_steps=1"]))
-    run_grpo(first)  # "killed" after one rollout step: only its checkpoint survives
-    resumed = Pipeline(load_config(None, TINY + [f"run.out_dir={tmp_path}/b", "grpo.max_steps=2"]))
-    run_grpo(resumed)
-    for (name, a), (_, b) in zip(straight.model.named_parameters(), resumed.model.named_parameters()):
+    straight = pipeline.grpo(*reversed(build(TINY + [f"run.out_dir={tmp_path}/a", "grpo.max_steps=2"])))
+    # "killed" after one rollout step: only its checkpoint survives
+    first = pipeline.grpo(*reversed(build(TINY + [f"run.out_dir={tmp_path}/b", "grpo.max_steps=1"])))
+    resumed = pipeline.grpo(*reversed(build(TINY + [f"run.out_dir={tmp_path}/b", "grpo.max_steps=2"])))
+    for (name, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=f"{name} differs after resume")
-    moved = any(not torch.equal(a, b) for a, b in zip(first.model.parameters(), resumed.model.parameters()))
+    moved = any(not torch.equal(a, b) for a, b in zip(first.parameters(), resumed.parameters()))
     assert moved  # the resumed run really trained a second step
 
 
@@ -126,19 +142,20 @@ def test_two_process_cpu_ddp_runs_a_grpo_step(tmp_path):
     assert [s.value for s in events.Scalars("grpo/optimizer_steps")] == [1.0, 1.0]  # two rollout steps
 
 
-def test_checkpoint_loading_skips_only_the_rebuilt_reference(tmp_path):
-    import copy
-
+def test_the_reference_is_no_submodule_and_checkpoints_load_strictly(tmp_path, parity_reward):
+    p, model = build(TINY + [f"run.out_dir={tmp_path}", "grpo.max_steps=1"])
+    n_params = sum(t.numel() for t in model.parameters())
+    pipeline.grpo(model, p)
+    ckpt = torch.load(tmp_path / "atom" / "checkpoints" / "grpo" / "last.ckpt", weights_only=True)
+    keys = list(ckpt["state_dict"])
+    assert keys and all(k.startswith("model.") for k in keys)  # no ref_model.*, no generation copy
+    assert sum(v.numel() for v in ckpt["state_dict"].values()) == n_params + sum(
+        t.numel() for k, t in model.state_dict().items() if k not in dict(model.named_parameters())
+    )  # the policy's parameters (+ persistent buffers) once
     from atom.train.grpo import GRPOConfig, GRPOModule
 
-    p = Pipeline(load_config(None, TINY + [f"run.out_dir={tmp_path}"]))
-    module = GRPOModule(
-        p.model, p.tokenizer, GRPOConfig(), SamplingConfig(), p.engine, p.data.train_samples,
-        ref_model=copy.deepcopy(p.model),
-    )  # fmt: skip
-    state = module.state_dict()
-    assert state and not any(k.startswith("ref_model.") for k in state)
-    module.load_state_dict(state)  # the reference's keys are absent on purpose
-    first = next(iter(state))
-    with pytest.raises(RuntimeError, match="missing keys"):
-        module.load_state_dict({k: v for k, v in state.items() if k != first})
+    module = GRPOModule(model, p.tokenizer, GRPOConfig(), SamplingConfig(), p.engine)
+    module.load_state_dict(ckpt["state_dict"])
+    first = keys[0]
+    with pytest.raises(RuntimeError, match="Missing key"):
+        module.load_state_dict({k: v for k, v in ckpt["state_dict"].items() if k != first})

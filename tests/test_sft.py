@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
+from atom import pipeline
 from atom.config import load_config
-from atom.fit import Pipeline, run_sft
 from atom.train.sft import IGNORE, DemoDataModule, collate, read_demos, sft_loss, tokenize_demo
 
 from .test_grpo import TINY
@@ -26,7 +26,7 @@ MESSAGES = [{"role": "user", "content": "Read the chunk and act."}]
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    return Pipeline(load_config(None, SFT_TINY + [f"run.out_dir={tmp_path_factory.mktemp('tok')}"])).tokenizer
+    return pipeline.build(load_config(None, SFT_TINY + [f"run.out_dir={tmp_path_factory.mktemp('tok')}"])).tokenizer
 
 
 def test_only_completion_tokens_and_eos_are_labelled(tokenizer):
@@ -96,16 +96,19 @@ def _params(model) -> torch.Tensor:
 
 @pytest.mark.slow
 def test_sft_lowers_the_loss_and_a_resumed_run_matches_an_uninterrupted_one(tmp_path):
-    straight = Pipeline(load_config(None, SFT_TINY + [f"run.out_dir={tmp_path}", "run.name=a", "sft.epochs=2"]))
-    start = _params(straight.model)
-    run_sft(straight)
-    first = Pipeline(load_config(None, SFT_TINY + [f"run.out_dir={tmp_path}", "run.name=b", "sft.epochs=1"]))
-    run_sft(first)
-    resumed = Pipeline(load_config(None, SFT_TINY + [f"run.out_dir={tmp_path}", "run.name=b", "sft.epochs=2"]))
-    assert torch.equal(_params(resumed.model), start)  # a fresh model: the weights must come from the checkpoint
-    run_sft(resumed)
-    assert not torch.equal(_params(straight.model), start)
-    assert torch.allclose(_params(resumed.model), _params(straight.model), atol=1e-6)
+    def build(*overrides: str):
+        p = pipeline.build(load_config(None, SFT_TINY + [f"run.out_dir={tmp_path}", *overrides]))
+        return pipeline.load_policy(p), p
+
+    model, p = build("run.name=a", "sft.epochs=2")
+    start = _params(model)
+    straight = pipeline.sft(model, p)
+    pipeline.sft(*build("run.name=b", "sft.epochs=1"))
+    model, p = build("run.name=b", "sft.epochs=2")
+    assert torch.equal(_params(model), start)  # a fresh model: the weights must come from the checkpoint
+    resumed = pipeline.sft(model, p)
+    assert not torch.equal(_params(straight), start)
+    assert torch.allclose(_params(resumed), _params(straight), atol=1e-6)
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -124,7 +127,7 @@ def test_collect_writes_trajectories_that_sft_reads_back_filtered(tmp_path, caps
     config.write_text("run: {name: collect}\n")
     main([str(config), *SFT_TINY, f"run.out_dir={tmp_path}", "--out", str(out), "--policy", policy, "--repeats", "2"])
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    n_train = len(Pipeline(load_config(None, SFT_TINY), with_model=False).data.train_samples)
+    n_train = len(pipeline.build(load_config(None, SFT_TINY)).data.train_samples)
     assert len(rows) == 2 * n_train and all(r["turns"] for r in rows)
     assert f"wrote {len(rows)} trajectories" in capsys.readouterr().out
     kept = [r for r in rows if r["reward"] >= 0.5]
@@ -136,35 +139,28 @@ def test_collect_writes_trajectories_that_sft_reads_back_filtered(tmp_path, caps
 
 @pytest.mark.slow
 def test_grpo_after_lora_sft_starts_with_its_kl_reference_equal_to_the_sft_policy(tmp_path):
-    from atom.fit import run_grpo
     from atom.train.models import restart_lora
 
     lora = ["model.lora.enabled=true", "model.lora.r=4", "model.lora.alpha=8", "sft.epochs=1", "sft.lr=5e-2"]
-    p = Pipeline(
+    p = pipeline.build(
         load_config(None, SFT_TINY + lora + ["run.stages=[sft,grpo]", "grpo.max_steps=1", f"run.out_dir={tmp_path}"])
     )
-    run_sft(p)
+    model = pipeline.sft(pipeline.load_policy(p), p)
     probe = torch.tensor([[5, 17, 42, 9, 3]])
     with torch.no_grad():
-        after_sft = p.model(input_ids=probe).logits
-        with p.model.disable_adapter():
-            base = p.model(input_ids=probe).logits
+        after_sft = model(input_ids=probe).logits
+        with model.disable_adapter():
+            base = model(input_ids=probe).logits
     assert (after_sft - base).abs().max() > 0.05, (after_sft - base).abs().max()  # SFT moved the adapters
 
-    restarted = restart_lora(copy.deepcopy(p.model), p.cfg.model)  # merging works in place: on a copy
+    restarted = restart_lora(copy.deepcopy(model), p.cfg.model)  # merging works in place: on a copy
     with torch.no_grad():
         assert torch.allclose(restarted(input_ids=probe).logits, after_sft, atol=1e-4)
         with restarted.disable_adapter():  # the reference GRPO will use
             assert torch.allclose(restarted(input_ids=probe).logits, after_sft, atol=1e-4)
     trainable = [n for n, q in restarted.named_parameters() if q.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-    # After an FSDP stage the gathered weights are loaded strictly into a freshly loaded model: same keys.
-    unsharded = copy.copy(p)
-    unsharded.unshard(restarted.state_dict())
-    with torch.no_grad():
-        assert torch.allclose(unsharded.model(input_ids=probe).logits, after_sft, atol=1e-4)
-
-    run_grpo(p)  # on-policy first update: policy == reference, so the logged KL is 0
+    pipeline.grpo(model, p, restart_adapters=True)  # on-policy first update: policy == reference, so the KL is 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(tmp_path / "atom" / "tb" / "grpo"))

@@ -33,24 +33,95 @@ def split_records(records: list[QARecord], val_fraction: float, seed: int) -> tu
 
 
 class EpochShuffler(Sampler[int]):
-    """A permutation of ``range(n)`` drawn from ``seed + epoch``.
+    """A permutation of ``range(n)`` drawn from ``seed + epoch``, split over ``world`` ranks batch by batch.
 
     Lightning calls ``set_epoch`` at the start of every epoch, so the order of epoch k is the same whether
-    training ran straight through or resumed from a checkpoint taken at an epoch boundary.
+    training ran straight through or resumed from a checkpoint taken at an epoch boundary. With several ranks,
+    global batch k is items ``[k * batch_size * world, (k + 1) * batch_size * world)`` of the permutation and rank
+    r iterates over its r-th slice of ``batch_size`` items (the permutation wraps around to fill the last global
+    batch, so every rank runs as many batches). One process with ``accumulate = world`` therefore sees exactly
+    the batches of the ranks, in rank order.
     """
 
-    def __init__(self, n: int, seed: int):
+    def __init__(self, n: int, seed: int, batch_size: int = 1, rank: int = 0, world: int = 1):
+        if n <= 0:
+            raise ValueError("EpochShuffler needs at least one item")
         self.n, self.seed, self.epoch = n, seed, 0
+        self.batch_size, self.rank, self.world = batch_size, rank, world
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        order = torch.randperm(self.n, generator=generator).tolist()
+        if self.world == 1:
+            return iter(order)
+        span = self.batch_size * self.world
+        total = len(self) * self.world
+        order = (order * -(-total // self.n))[:total]  # wrapped around to whole global batches
+        return iter(
+            i for g in range(0, len(order), span) for i in order[g + self.rank * self.batch_size :][: self.batch_size]
+        )
 
     def __len__(self) -> int:
-        return self.n
+        if self.world == 1:
+            return self.n
+        span = self.batch_size * self.world
+        return -(-self.n // span) * self.batch_size
+
+
+class RolloutSampler(Sampler[int]):
+    """GRPO's sampler: epoch e yields this rank's share of rollout step e's prompts, one batch of ``len(self)``.
+
+    Step e's ``per_step`` prompts are items ``[e * per_step, (e + 1) * per_step)`` of the concatenated seeded
+    permutations of the training samples (a new permutation per pass, so every sample is used once per pass);
+    rank r takes prompts r, r + world, ... of them, each prompt with its whole group of rollouts. The batch
+    depends only on (seed, step, rank, world), so a resumed run sees the same prompts.
+    """
+
+    def __init__(self, n: int, per_step: int, seed: int, rank: int = 0, world: int = 1):
+        if n <= 0:
+            raise ValueError("GRPO needs at least one training sample")
+        if per_step < world:
+            raise ValueError(
+                f"grpo.prompts_per_step ({per_step}) must be >= the number of processes ({world}): every rank "
+                "rolls out whole groups of at least one prompt"
+            )
+        self.n, self.per_step, self.seed, self.rank, self.world = n, per_step, seed, rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def step_prompts(self, step: int) -> list[int]:
+        """Indices of all ranks' prompts of rollout step ``step``."""
+        out = []
+        for k in range(step * self.per_step, (step + 1) * self.per_step):
+            rounds, pos = divmod(k, self.n)
+            order = list(range(self.n))
+            random.Random(self.seed * 1_000_003 + rounds).shuffle(order)
+            out.append(order[pos])
+        return out
+
+    def __iter__(self):
+        return iter(self.step_prompts(self.epoch)[self.rank :: self.world])
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.per_step, self.world))
+
+
+class RankShare(Sampler[list[int]]):
+    """One batch: this rank's share (r, r + world, ...) of the first ``limit`` items (greedy validation)."""
+
+    def __init__(self, n: int, limit: int, rank: int = 0, world: int = 1):
+        self.indices = list(range(min(n, limit) if limit else n))[rank::world]
+
+    def __iter__(self):
+        yield self.indices
+
+    def __len__(self) -> int:
+        return 1
 
 
 def collate_samples(batch: list[LongContextSample]) -> list[LongContextSample]:
@@ -59,11 +130,18 @@ def collate_samples(batch: list[LongContextSample]) -> list[LongContextSample]:
 
 
 class AtomDataModule(lightning.LightningDataModule):
-    """Loads the records once, splits them, and serves long-context samples in lists of ``batch_size``."""
+    """Loads the records once, splits them, and serves GRPO's rollout batches and validation batches.
 
-    def __init__(self, cfg: DataConfig):
+    ``train_dataloader`` yields one batch per epoch (an epoch is a GRPO rollout step): this rank's share of the
+    step's ``prompts_per_step`` samples (``RolloutSampler``). ``val_dataloader`` yields this rank's share of the
+    first ``val_samples`` validation samples. Batches are lists of ``LongContextSample``.
+    """
+
+    def __init__(self, cfg: DataConfig, prompts_per_step: int = 1, val_samples: int = 0):
         super().__init__()
         self.cfg = cfg
+        self.prompts_per_step = prompts_per_step  # samples per rollout step, all ranks together
+        self.val_limit = val_samples  # validation samples per validation; 0 = all
         self.records: list[QARecord] = []
         self.train_records: list[QARecord] = []
         self.val_records: list[QARecord] = []
@@ -96,16 +174,20 @@ class AtomDataModule(lightning.LightningDataModule):
         self.setup()
         return build_samples(self.records, self.cfg, paragraph_pool(self.records), split="all")
 
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        sampler = EpochShuffler(len(self.train_samples), self.cfg.seed)
-        return DataLoader(
-            self.train_samples, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=collate_samples
-        )
+        # A sampler, not a batch sampler: Lightning calls set_epoch (the rollout step) on a loader's sampler only.
+        sampler = RolloutSampler(len(self.train_samples), self.prompts_per_step, self.cfg.seed, *self._rank())
+        return DataLoader(self.train_samples, batch_size=len(sampler), sampler=sampler, collate_fn=collate_samples)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
-        return DataLoader(self.val_samples, batch_size=self.cfg.batch_size, shuffle=False, collate_fn=collate_samples)
+        sampler = RankShare(len(self.val_samples), self.val_limit, *self._rank())
+        return DataLoader(self.val_samples, batch_sampler=sampler, collate_fn=collate_samples)
 
     def transfer_batch_to_device(self, batch: list[LongContextSample], device: torch.device, dataloader_idx: int):
         # Samples hold text, not tensors. Lightning's default transfer rebuilds every dataclass field by

@@ -59,7 +59,6 @@ class DataConfig:
     chunk_tokens: int = 4096  # tokens per chunk the agent reads per step
     chunk_overlap: int = 100  # tokens shared by consecutive chunks
     max_chunks: int = 40  # centre-truncate contexts to this many chunks; 0 = never truncate
-    batch_size: int = 1  # samples per batch
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # the synthetic task (dataset=synthetic)
 
     def __post_init__(self) -> None:
@@ -83,8 +82,6 @@ class DataConfig:
             )
         if self.max_chunks < 0:
             raise ValueError(f"data.max_chunks must be >= 0 (0 = no truncation), got {self.max_chunks}")
-        if self.batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
 
 
 def _where(source: str, index: int, raw: Any) -> str:

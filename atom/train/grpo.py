@@ -2,8 +2,9 @@
 
 Objective, per rollout step (each symbol -> ``GRPOConfig`` field):
 
-- Sample ``prompts_per_step`` long-context samples (a seeded schedule, so a resumed run sees the same order) and
-  roll out ``group_size`` = G episodes per sample with the batched engine at ``sampling.temperature`` (1.0).
+- Sample ``prompts_per_step`` long-context samples (``AtomDataModule.train_dataloader``: a seeded schedule, so a
+  resumed run sees the same order; each rank gets its share of whole groups) and roll out ``group_size`` = G
+  episodes per sample with the batched engine at ``sampling.temperature`` (1.0).
 - Reward R_i in [0, 1] per episode (mean EM over its questions). Advantage A_i = R_i - mean_group(R)
   (``std_scale="none"``, AtomMem/Dr. GRPO; ``"group"``/``"batch"`` divide by a std as TRL does). Groups whose
   rewards are all equal carry no signal and are dropped when ``drop_zero_std``.
@@ -20,10 +21,17 @@ Objective, per rollout step (each symbol -> ``GRPOConfig`` field):
   ``lr``, linear warm-up ``warmup_steps``, ``weight_decay``), gradients accumulated over micro-batches of
   ``micro_batch_size`` sequences and clipped to ``grad_clip`` by hand (Trainer-level clipping is not allowed
   with manual optimization). ``trainer.global_step`` therefore counts optimizer steps, not rollout steps.
+
+Lightning view: one epoch = one rollout step (a one-batch epoch), so checkpoints (``last.ckpt`` every rollout
+step), resume and validation (greedy, every ``val_every`` rollout steps) line up with rollout steps. Under FSDP
+the policy is sharded and ranks make different numbers of ``generate`` calls, so generation (rollouts and
+validation) runs on an unsharded copy of the policy per rank, in the compute dtype, refreshed by streaming the
+sharded weights after the rollout step's optimizer steps; it is not a submodule, so no checkpoint holds it.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import random
 import time
@@ -45,7 +53,8 @@ from atom.train.losses import (
     grpo_loss,
     zero_std_groups,
 )
-from atom.train.trainer import adamw_with_warmup, clip_grad_norm, full_state_dict, is_fsdp
+from atom.train.sharding import RankZeroState, is_fsdp, materialize, meta_copy, stream_full_weights, unshard
+from atom.train.trainer import adamw_with_warmup, clip_grad_norm
 
 
 @dataclass
@@ -80,25 +89,6 @@ class GRPOConfig:
                 raise ValueError(f"grpo.{name} must be > 0, got {getattr(self, name)}")
         if self.dual_clip and self.dual_clip <= 1:
             raise ValueError(f"grpo.dual_clip must be > 1 (or 0 = off), got {self.dual_clip}")
-
-
-class PromptSchedule:
-    """Seeded epoch-wise shuffles of the training samples; ``batch(step)`` depends only on (seed, step)."""
-
-    def __init__(self, samples: Sequence[LongContextSample], per_step: int, seed: int):
-        if not samples:
-            raise ValueError("GRPO needs at least one training sample")
-        self.samples, self.per_step, self.seed = list(samples), per_step, seed
-
-    def batch(self, step: int) -> list[LongContextSample]:
-        n = len(self.samples)
-        out = []
-        for k in range(step * self.per_step, (step + 1) * self.per_step):
-            epoch, pos = divmod(k, n)
-            order = list(range(n))
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-            out.append(self.samples[order[pos]])
-        return out
 
 
 @dataclass
@@ -173,6 +163,13 @@ def token_logprobs(model, batch: dict[str, torch.Tensor], temperature: float, wi
 
 
 class GRPOModule(L.LightningModule):
+    """The GRPO stage: ``training_step(batch)`` rolls out this rank's prompts and runs the update (see above).
+
+    The KL reference is the adapter-free base under LoRA, else a frozen copy of the starting policy built in
+    ``configure_model`` (sharded like the policy under FSDP). Neither it nor the generation copy is a
+    registered submodule: checkpoints hold the policy, its optimizer and the loop state only.
+    """
+
     def __init__(
         self,
         model,
@@ -180,98 +177,77 @@ class GRPOModule(L.LightningModule):
         cfg: GRPOConfig,
         sampling: SamplingConfig,
         make_engine: Callable[[HFPolicy], RolloutEngine],
-        train_samples: Sequence[LongContextSample],
-        val_samples: Sequence[LongContextSample] = (),
-        ref_model=None,
         seed: int = 0,
         max_prompt_tokens: int = 0,
-        make_replica: Callable[[], torch.nn.Module] | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
         self.model, self.tokenizer, self.cfg, self.sampling = model, tokenizer, cfg, sampling
-        self.ref_model = ref_model
-        if ref_model is not None:
-            ref_model.requires_grad_(False).eval()
         self.make_engine, self.seed = make_engine, seed
-        self.schedule = PromptSchedule(train_samples, cfg.prompts_per_step, seed)
-        self.val_samples = list(val_samples)[: cfg.val_samples]
         self.max_prompt_tokens = max_prompt_tokens
-        self.rollout_step = 0
-        self.make_replica = make_replica  # FSDP: builds the unsharded model that generates (see _generator)
-        self._replica: torch.nn.Module | None = None
-        self._replica_step = -1  # optimizer step whose weights the replica holds
-        self.final_state: dict[str, torch.Tensor] | None = None  # FSDP: unsharded weights after training
+        # FSDP: the policy's module tree on the meta device; a plain attribute, not a submodule
+        object.__setattr__(self, "skeleton", None)
+        self._hold("ref_model", None)
+        self._hold("generation_model", None)
 
-    # -- checkpoint state beyond what Lightning saves (weights, optimizer, scheduler, loops) ---------------------
+    def _hold(self, name: str, module: torch.nn.Module | None) -> None:
+        # A plain attribute, not a submodule: never in state_dict, the optimizer or a checkpoint.
+        object.__setattr__(self, name, module)
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["atom_rollout_step"] = self.rollout_step
+    # -- models: policy (sharded under FSDP), frozen reference, generation copy ----------------------------------
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.rollout_step = int(checkpoint["atom_rollout_step"])
+    def configure_model(self) -> None:
+        needs_ref = self.cfg.kl_coef > 0 and not hasattr(self.model, "disable_adapter")
+        if not is_fsdp(self.trainer.strategy):
+            if needs_ref and self.ref_model is None:  # full fine-tuning: a frozen copy of the starting policy
+                self._hold("ref_model", copy.deepcopy(self.model).requires_grad_(False).eval())
+            return
+        if self.skeleton is not None:
+            return
+        strategy = self.trainer.strategy
+        object.__setattr__(self, "skeleton", meta_copy(self.model))
+        source = RankZeroState(self.model, self.global_rank)  # the starting policy: also the KL reference
+        if needs_ref:
+            ref = strategy.shard(meta_copy(self.skeleton), source)
+            self._hold("ref_model", ref.requires_grad_(False).eval())
+        strategy.shard(self.model, source)
+        del source
+        gen = materialize(self.skeleton, strategy.root_device, strategy.compute_dtype)
+        self._hold("generation_model", gen.requires_grad_(False).eval())
 
-    def state_dict(self, *args, **kwargs):
-        # The frozen reference is rebuilt from the initial weights, never checkpointed.
-        state = super().state_dict(*args, **kwargs)
-        return {k: v for k, v in state.items() if not k.startswith("ref_model.")}
+    def refresh_generation_model(self) -> None:
+        """FSDP: stream the policy's current weights into the generation copy (a collective)."""
+        if self.generation_model is not None:
+            stream_full_weights(self.model, self.generation_model)
 
-    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
-        result = super().load_state_dict(state_dict, strict=False, **kwargs)
-        missing = [k for k in result.missing_keys if not k.startswith("ref_model.")]  # the reference is rebuilt
-        if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(
-                f"GRPO checkpoint does not fit the policy: missing keys {missing[:5]} ({len(missing)}), "
-                f"unexpected keys {result.unexpected_keys[:5]} ({len(result.unexpected_keys)})"
-            )
-        return result
+    def trained_model(self) -> torch.nn.Module:
+        """The trained policy, unsharded (under FSDP: on rank zero; a meta skeleton elsewhere). A collective."""
+        return unshard(self.model, self.skeleton, self.global_rank) if self.skeleton is not None else self.model
+
+    def on_train_start(self) -> None:
+        self.model.train()  # from_pretrained returns eval mode; the frozen reference stays in eval mode
+        if self.ref_model is not None and not is_fsdp(self.trainer.strategy):
+            self.ref_model.to(self.device)
+        self.refresh_generation_model()  # after a resumed checkpoint was loaded into the shards
+
+    def _policy(self, sampling: SamplingConfig) -> HFPolicy:
+        model = self.generation_model if self.generation_model is not None else self.model
+        return HFPolicy(model, self.tokenizer, sampling, self.max_prompt_tokens)
+
+    def rollout(self, samples: Sequence[LongContextSample], sampling: SamplingConfig, repeats: int):
+        """Trajectories of ``samples`` x ``repeats`` and the engine that ran them."""
+        engine = self.make_engine(self._policy(sampling))
+        return engine.run(samples, repeats=repeats), engine
 
     # -- the step -----------------------------------------------------------------------------------------------
 
-    def on_train_batch_start(self, batch, batch_idx: int):
-        if self.rollout_step >= self.cfg.max_steps:
-            return -1  # ends the epoch: training is over
-
-    def _policy(self, sampling: SamplingConfig) -> HFPolicy:
-        return HFPolicy(self._generator(), self.tokenizer, sampling, self.max_prompt_tokens)
-
-    def _generator(self) -> torch.nn.Module:
-        """The model ``generate`` runs on: the policy itself, or under FSDP an unsharded replica.
-
-        FSDP forwards are collectives, and ranks make different numbers of generate calls (episodes differ in
-        length), so generating through the sharded model would deadlock; FSDP also forbids forwards inside
-        ``summon_full_params``. Instead every rank gathers the full weights once per rollout step (one
-        collective, same count on all ranks) into a local replica, in bf16 when training computes in bf16.
-        """
-        if not is_fsdp(self.trainer.strategy):
-            return self.model
-        if self.make_replica is None:
-            raise RuntimeError("GRPO under FSDP needs make_replica (a loader of the unsharded model)")
-        if self._replica is None:
-            replica = self.make_replica()
-            if str(self.trainer.precision).startswith("bf16"):
-                replica = replica.to(torch.bfloat16)
-            self._replica = replica.to(self.device).eval().requires_grad_(False)
-        if self._replica_step != self.global_step:  # the weights changed since the last gather
-            self._replica.load_state_dict(full_state_dict(self.trainer.strategy, prefix="model."))
-            self._replica_step = self.global_step
-        return self._replica
-
-    def on_train_end(self) -> None:
-        if is_fsdp(self.trainer.strategy):  # the next stage, evaluation and saving need unsharded weights
-            self.final_state = full_state_dict(self.trainer.strategy, prefix="model.")
-
-    def _rank_share(self, samples: list[LongContextSample]) -> list[LongContextSample]:
-        return samples[self.global_rank :: self.trainer.world_size] if self.trainer.world_size > 1 else samples
-
-    def training_step(self, batch, batch_idx: int) -> None:
+    def training_step(self, batch: list[LongContextSample], batch_idx: int) -> None:
         cfg = self.cfg
         self._disable_ddp_sync()  # Lightning re-enables it after every training_step
-        samples = self._rank_share(self.schedule.batch(self.rollout_step))
-        sampling = dataclasses.replace(self.sampling, seed=self.seed + 7919 * self.rollout_step + self.global_rank)
+        step = self.current_epoch  # the rollout step: one epoch each
+        sampling = dataclasses.replace(self.sampling, seed=self.seed + 7919 * step + self.global_rank)
         t0 = time.perf_counter()
-        engine = self.make_engine(self._policy(sampling))
-        trajectories = engine.run(samples, repeats=cfg.group_size)
+        trajectories, engine = self.rollout(batch, sampling, cfg.group_size)
         rollout_s = time.perf_counter() - t0
 
         rewards = torch.tensor([t.reward for t in trajectories], dtype=torch.float)
@@ -284,9 +260,9 @@ class GRPOModule(L.LightningModule):
         placeholder = turn_sequences(trajectories[:1], advantages[:1] * 0, keep[:1] | True)[:1]
 
         t1 = time.perf_counter()
-        metrics = self._update(seqs, placeholder)
+        metrics = self._update(seqs, placeholder, step)
+        self.refresh_generation_model()  # the next rollout (or validation) samples from the updated policy
         update_s = time.perf_counter() - t1
-        self.rollout_step += 1
 
         summary = summarize(trajectories, rollout_s)
         completions = [len(t.reply.completion_ids) for tr in trajectories for t in tr.turns]
@@ -306,7 +282,7 @@ class GRPOModule(L.LightningModule):
             "time/rollout": rollout_s,
             "time/update": update_s,
             "time/rollout_tokens_per_s": engine.stats.completion_tokens / max(rollout_s, 1e-9),
-            "rollout_step": float(self.rollout_step),
+            "rollout_step": float(step + 1),
         }
         for op in ("create", "read", "update", "delete"):
             logs[f"memory/{op}_per_episode"] = summary["ops_per_episode"].get(op, 0.0)
@@ -316,8 +292,6 @@ class GRPOModule(L.LightningModule):
             {k: float(v) for k, v in logs.items()}, on_step=True, batch_size=1, sync_dist=self.trainer.world_size > 1
         )
         self.log("reward", float(rewards.mean()), prog_bar=True, logger=False, batch_size=1)
-        if cfg.val_every and self.rollout_step % cfg.val_every == 0:
-            self.validate_greedy()
 
     def _global_std(self, rewards: torch.Tensor) -> float | None:
         """The unbiased std of the rewards of all ranks (None on one process: group_advantages computes it)."""
@@ -327,13 +301,13 @@ class GRPOModule(L.LightningModule):
         n, total, squares = self.trainer.strategy.reduce(moments.to(self.device), reduce_op="sum").tolist()
         return max((squares - total * total / n) / max(n - 1, 1), 0.0) ** 0.5
 
-    def _update(self, seqs: list[TurnSequence], placeholder: list[TurnSequence]) -> dict[str, float]:
+    def _update(self, seqs: list[TurnSequence], placeholder: list[TurnSequence], step: int) -> dict[str, float]:
         """``updates_per_batch`` optimizer steps over the rollout batch; returns mean metrics."""
         cfg = self.cfg
         opt = self.optimizers()
         sched = self.lr_schedulers()
         order = list(range(len(seqs)))
-        random.Random(self.seed + self.rollout_step).shuffle(order)
+        random.Random(self.seed + step).shuffle(order)
         minibatches = [order[i :: cfg.updates_per_batch] for i in range(cfg.updates_per_batch)]
         totals: dict[str, float] = {}
         count = 0
@@ -361,7 +335,7 @@ class GRPOModule(L.LightningModule):
                 for key, v in step_metrics.items():
                     totals[key] = totals.get(key, 0.0) + v
             self._all_reduce_grads()
-            grad_norm = clip_grad_norm(self.trainer.strategy, self.model, cfg.grad_clip)
+            grad_norm = clip_grad_norm(self.model, cfg.grad_clip)
             totals["grpo/grad_norm"] = totals.get("grpo/grad_norm", 0.0) + grad_norm
             opt.step()
             sched.step()
@@ -392,14 +366,6 @@ class GRPOModule(L.LightningModule):
         # reducer, so automatic gradient sync is off and _all_reduce_grads averages once before each step.
         if isinstance(self.trainer.model, torch.nn.parallel.DistributedDataParallel):
             self.trainer.model.require_backward_grad_sync = False
-
-    def on_train_start(self) -> None:
-        if self.cfg.prompts_per_step < self.trainer.world_size:
-            raise ValueError(
-                f"grpo.prompts_per_step ({self.cfg.prompts_per_step}) must be >= the number of processes "
-                f"({self.trainer.world_size}): every rank rolls out whole groups of at least one sample"
-            )
-        self.model.train()  # from_pretrained returns eval mode; the frozen reference stays in eval mode
 
     def _micro_step(self, micro: list[TurnSequence], num_tokens: float, num_seqs: float, weight: float = 1.0):
         """Forward/backward of one micro-batch; ``weight`` 0 runs a no-op backward that keeps ranks in step."""
@@ -434,15 +400,14 @@ class GRPOModule(L.LightningModule):
                 return token_logprobs(self.model, b, self.sampling.temperature)
         raise RuntimeError("grpo.kl_coef > 0 needs a reference: LoRA adapters or a frozen reference model")
 
-    @torch.no_grad()
-    def validate_greedy(self) -> dict[str, float]:
-        if not self.val_samples:
-            return {}
-        engine = self.make_engine(self._policy(dataclasses.replace(self.sampling, temperature=0.0)))
-        summary = summarize(engine.run(self._rank_share(self.val_samples)), 0.0)
-        out = {"val/em": summary["em"], "val/f1": summary["f1"]}
-        self.log_dict(out, on_step=True, batch_size=1, sync_dist=self.trainer.world_size > 1)
-        return out
+    def validation_step(self, batch: list[LongContextSample], batch_idx: int) -> None:
+        """Greedy episodes on this rank's share of the validation samples; logs EM/F1 over all ranks' samples."""
+        trajectories, _ = self.rollout(batch, dataclasses.replace(self.sampling, temperature=0.0), 1)
+        summary = summarize(trajectories, 0.0) if trajectories else {"em": 0.0, "f1": 0.0}
+        n = len(trajectories)
+        totals = torch.tensor([summary["em"] * n, summary["f1"] * n, n], dtype=torch.float64, device=self.device)
+        em, f1, count = self.trainer.strategy.reduce(totals, reduce_op="sum").tolist()
+        self.log_dict({"val/em": em / max(count, 1), "val/f1": f1 / max(count, 1)}, batch_size=1)
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]

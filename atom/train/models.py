@@ -148,12 +148,18 @@ def _tiny_model(vocab_size: int, seed: int = 0):
         return LlamaForCausalLM(config)
 
 
-def load_model(cfg: ModelConfig, seed: int = 0):
-    """The policy as a transformers causal LM (wrapped in peft LoRA when ``cfg.lora.enabled``)."""
+def load_model(cfg: ModelConfig, seed: int = 0, meta: bool = False):
+    """The policy as a transformers causal LM (wrapped in peft LoRA when ``cfg.lora.enabled``).
+
+    ``meta=True`` builds the same module tree on the meta device without reading any weights (the skeleton that
+    FSDP ranks other than zero start from; see ``atom.train.sharding``).
+    """
     from transformers import AutoModelForCausalLM
 
     dtype = resolve_dtype(cfg)
-    if cfg.name_or_path == TINY:
+    if meta:
+        model = _skeleton(cfg, dtype)
+    elif cfg.name_or_path == TINY:
         model = _tiny_model(len(load_tokenizer(cfg)), seed).to(dtype)
     else:
         kwargs: dict = {"dtype": dtype, "attn_implementation": cfg.attn_implementation}
@@ -193,6 +199,26 @@ def load_model(cfg: ModelConfig, seed: int = 0):
     if cfg.lora.enabled:
         model = _attach_lora(model, cfg.lora)
     return model
+
+
+def _skeleton(cfg: ModelConfig, dtype: torch.dtype):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        if cfg.name_or_path == TINY:
+            return _tiny_model(len(load_tokenizer(cfg))).to(dtype)
+        source, gguf = _source(cfg)
+        if gguf is not None:
+            cached = _cached(cfg, source, gguf)
+            config = AutoConfig.from_pretrained(
+                cached if (cached / "config.json").is_file() else source,
+                gguf_file=None if (cached / "config.json").is_file() else gguf,
+            )
+        else:
+            config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+        return AutoModelForCausalLM.from_config(
+            config, dtype=dtype, attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code
+        )
 
 
 def _attach_lora(model, cfg: LoraConfig):

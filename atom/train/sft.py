@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 from atom.agent.hf_policy import centre_truncate, encode_prompt
 from atom.agent.rollout import Trajectory
 from atom.data.datamodule import EpochShuffler
-from atom.train.trainer import adamw_with_warmup, clip_grad_norm, full_state_dict, is_fsdp
+from atom.train.sharding import RankZeroState, is_fsdp, meta_copy, unshard
+from atom.train.trainer import adamw_with_warmup, clip_grad_norm
 
 IGNORE = -100
 
@@ -125,7 +126,8 @@ class DemoDataModule(L.LightningDataModule):
     """Tokenized demonstrations for ``SFTModule``, in a permutation drawn from ``seed + epoch``.
 
     The order of epoch k depends only on the seed and k, so a run resumed from an epoch checkpoint sees the same
-    batches as one that ran straight through.
+    batches as one that ran straight through. Under several processes each global batch of ``batch_size x
+    world`` demonstrations is split over the ranks (``EpochShuffler``).
     """
 
     def __init__(self, demos: Sequence[dict], tokenizer, max_tokens: int, batch_size: int, seed: int):
@@ -140,23 +142,35 @@ class DemoDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        sampler = EpochShuffler(len(self.dataset), self.seed, self.batch_size, rank, world)
         return DataLoader(
-            self.dataset, batch_size=self.batch_size, sampler=EpochShuffler(len(self.dataset), self.seed),
+            self.dataset, batch_size=self.batch_size, sampler=sampler,
             collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id),
         )  # fmt: skip
 
 
 class SFTModule(L.LightningModule):
-    """Next-token cross-entropy on completion tokens (token mean over the micro-batch)."""
+    """Next-token cross-entropy on completion tokens (token mean over the micro-batch).
+
+    Under FSDP the policy is sharded in ``configure_model`` (see ``atom.train.sharding``) and
+    ``trained_model()`` streams it back into one unsharded model on rank zero after ``fit``.
+    """
 
     def __init__(self, model, cfg: SFTConfig):
         super().__init__()
         self.model, self.cfg = model, cfg
-        self.final_state: dict[str, torch.Tensor] | None = None  # FSDP: unsharded weights after training
+        # FSDP: the policy's module tree on the meta device; a plain attribute, not a submodule
+        object.__setattr__(self, "skeleton", None)
 
-    def on_train_end(self) -> None:
-        if is_fsdp(self.trainer.strategy):  # the next stage, evaluation and saving need unsharded weights
-            self.final_state = full_state_dict(self.trainer.strategy, prefix="model.")
+    def configure_model(self) -> None:
+        if is_fsdp(self.trainer.strategy) and self.skeleton is None:
+            object.__setattr__(self, "skeleton", meta_copy(self.model))
+            self.trainer.strategy.shard(self.model, RankZeroState(self.model, self.global_rank))
+
+    def trained_model(self) -> torch.nn.Module:
+        """The trained policy, unsharded (under FSDP: on rank zero; a meta skeleton elsewhere). A collective."""
+        return unshard(self.model, self.skeleton, self.global_rank) if self.skeleton is not None else self.model
 
     def on_train_start(self) -> None:
         self.model.train()  # from_pretrained returns eval mode, which Lightning now preserves
@@ -171,7 +185,7 @@ class SFTModule(L.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         # By hand rather than Lightning's: its FSDP precision plugin refuses norm clipping; this also logs the norm.
-        norm = clip_grad_norm(self.trainer.strategy, self.model, float(gradient_clip_val or 0.0))
+        norm = clip_grad_norm(self.model, float(gradient_clip_val or 0.0))
         self.log("sft/grad_norm", norm, batch_size=1)
 
     def configure_optimizers(self):

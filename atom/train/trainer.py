@@ -1,18 +1,22 @@
 """The Lightning Trainer of a stage: strategy, precision, TensorBoard logger and checkpoints, from config.
 
 Run directory of a stage (``<run>/`` = ``<run.out_dir>/<run.name>``):
-``<run>/tb/<stage>/`` TensorBoard events, ``<run>/checkpoints/<stage>/last.ckpt`` (+ periodic ones).
+``<run>/tb/<stage>/`` TensorBoard events, ``<run>/checkpoints/<stage>/last.ckpt`` (written every epoch, i.e. every
+GRPO rollout step) plus the newest ``keep_checkpoints`` periodic ones. Checkpoints hold the policy, its optimizer
+and the loop state, never a frozen reference or a generation copy; under FSDP each is a directory of per-rank
+shards (torch.distributed.checkpoint) plus ``meta.pt``, otherwise one file.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 log = logging.getLogger(__name__)
@@ -25,27 +29,30 @@ class TrainerConfig:
     accelerator: str = "auto"  # auto | cpu | gpu
     devices: int = 1  # processes (GPUs) per node; >1 needs strategy ddp or fsdp
     num_nodes: int = 1  # machines
-    strategy: str = "auto"  # auto (single device) | ddp | fsdp (FULL_SHARD) | fsdp_grad_op (SHARD_GRAD_OP)
+    strategy: str = "auto"  # auto (one device) | ddp | fsdp (FSDP2) | fsdp_grad_op (FSDP2, no reshard after forward)
     precision: str = "32-true"  # Lightning precision: 32-true | bf16-mixed | bf16-true
     log_every: int = 1  # optimizer steps between logged scalars
     resume: bool = True  # continue a stage from <run>/checkpoints/<stage>/last.ckpt when it exists
+    keep_checkpoints: int = 2  # periodic checkpoints kept besides last.ckpt (the newest); 0 = last.ckpt only
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"trainer.strategy must be one of {list(STRATEGIES)}, got '{self.strategy}'")
         if self.devices <= 0 or self.num_nodes <= 0:
             raise ValueError("trainer.devices and trainer.num_nodes must be > 0")
+        if self.keep_checkpoints < 0:
+            raise ValueError(f"trainer.keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
 
 
 def _strategy(cfg: TrainerConfig):
     if cfg.strategy in ("fsdp", "fsdp_grad_op"):
-        from lightning.pytorch.strategies import FSDPStrategy
+        # FSDP2 through Lightning's ModelParallelStrategy: the stage module shards the policy in configure_model.
+        # (Lightning's FSDPStrategy, FSDP1, runs training_step inside the root's forward, which breaks manual
+        # optimization and any gather during a step.) fsdp_grad_op is the FSDP2 form of SHARD_GRAD_OP.
+        from atom.train.sharding import FSDP2Strategy
 
-        # Wrap each decoder layer. GRPO generates on an unsharded replica (GRPOModule._generator), not here.
-        return FSDPStrategy(
-            auto_wrap_policy=_decoder_layer_classes(),
-            sharding_strategy="FULL_SHARD" if cfg.strategy == "fsdp" else "SHARD_GRAD_OP",
-            state_dict_type="full",
+        return FSDP2Strategy(
+            reshard_after_forward=cfg.strategy == "fsdp", data_parallel_size=cfg.devices * cfg.num_nodes
         )
     if cfg.strategy == "ddp":
         from lightning.pytorch.strategies import DDPStrategy
@@ -54,31 +61,64 @@ def _strategy(cfg: TrainerConfig):
     return "auto"
 
 
-def _decoder_layer_classes() -> set[type]:
-    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
-    from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
-
-    return {LlamaDecoderLayer, Qwen3DecoderLayer}
-
-
 def checkpoint_path(run_dir: str | Path, stage: str) -> Path:
+    """``last.ckpt`` of a stage: a file, or under FSDP a directory of per-rank shards plus ``meta.pt``."""
     return Path(run_dir) / "checkpoints" / stage / "last.ckpt"
 
 
 def resume_path(cfg: TrainerConfig, run_dir: str | Path, stage: str) -> str | None:
     path = checkpoint_path(run_dir, stage)
-    return str(path) if cfg.resume and path.is_file() else None
+    return str(path) if cfg.resume and path.exists() else None
+
+
+class LastCheckpoint(Checkpoint):
+    """Writes ``last.ckpt`` at the end of every epoch (every GRPO rollout step): the one place a resume point is
+    written. It is saved under a temporary name and swapped in, so a kill mid-write keeps the previous one.
+    Listed after the periodic ModelCheckpoint (Lightning keeps checkpoint callbacks last, in order), so the
+    saved callback state already names the periodic checkpoint of the same epoch, which a resumed run prunes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def save(self, trainer: L.Trainer) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        trainer.save_checkpoint(tmp)
+        trainer.strategy.barrier("last_checkpoint")
+        if trainer.is_global_zero:
+            old = self.path.with_name(self.path.name + ".old")
+            if self.path.exists():
+                self.path.rename(old)
+            tmp.rename(self.path)
+            if old.is_dir():
+                shutil.rmtree(old)
+            elif old.exists():
+                old.unlink()
+        trainer.strategy.barrier("last_checkpoint_swapped")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.save(trainer)
 
 
 def build_trainer(cfg: TrainerConfig, run_dir: str | Path, stage: str, every_n_epochs: int, **kwargs) -> L.Trainer:
-    """A Trainer that logs to TensorBoard under the run and keeps ``last.ckpt`` plus one every ``every_n_epochs``."""
-    ckpt = ModelCheckpoint(
-        dirpath=Path(run_dir) / "checkpoints" / stage,
-        filename=stage + "-{epoch}-{step}",
-        every_n_epochs=max(every_n_epochs, 1),
-        save_last=True,
-        save_top_k=-1,
-    )
+    """A Trainer logging to TensorBoard under the run; ``last.ckpt`` every epoch plus the newest
+    ``keep_checkpoints`` of the checkpoints taken every ``every_n_epochs`` epochs."""
+    dirpath = Path(run_dir) / "checkpoints" / stage
+    callbacks: list[Callback] = []
+    if cfg.keep_checkpoints:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=dirpath,
+                filename=stage + "-{epoch}-{step}",
+                every_n_epochs=max(every_n_epochs, 1),
+                save_top_k=cfg.keep_checkpoints,
+                monitor="step",
+                mode="max",
+                save_last=False,
+                save_on_train_epoch_end=True,  # not after validation: GRPO validates only every grpo.val_every steps
+            )  # fmt: skip
+        )
+    callbacks.append(LastCheckpoint(dirpath / "last.ckpt"))
     return L.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
@@ -86,46 +126,27 @@ def build_trainer(cfg: TrainerConfig, run_dir: str | Path, stage: str, every_n_e
         strategy=_strategy(cfg),
         precision=cfg.precision,
         logger=TensorBoardLogger(save_dir=str(run_dir), name="tb", version=stage, default_hp_metric=False),
-        callbacks=[ckpt],
+        callbacks=callbacks,
         log_every_n_steps=cfg.log_every,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # the samplers split batches over ranks themselves (resume-exact orders)
         **kwargs,
     )
 
 
-def clip_grad_norm(strategy, model: torch.nn.Module, max_norm: float) -> float:
+def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> float:
     """Clip the global gradient norm of ``model`` to ``max_norm`` (0 = no clipping); return the norm before.
 
-    Under FSDP the root module's ``clip_grad_norm_`` reduces over all shards (Lightning's FSDP precision plugin
-    refuses norm clipping, and a per-parameter norm would only see the local shard).
+    Under FSDP2 the gradients are DTensor shards and the norm is reduced over all of them (a collective: every
+    rank calls it). By hand because Lightning refuses norm clipping with manual optimization and FSDP.
     """
     limit = max_norm if max_norm > 0 else float("inf")
-    if is_fsdp(strategy):
-        return float(strategy.model.clip_grad_norm_(limit))
     params = [p for p in model.parameters() if p.grad is not None]
-    return float(torch.nn.utils.clip_grad_norm_(params, limit)) if params else 0.0
-
-
-def is_fsdp(strategy) -> bool:
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    return isinstance(strategy, FSDPStrategy)
-
-
-def full_state_dict(strategy, prefix: str = "model.") -> dict[str, torch.Tensor]:
-    """FSDP: the unsharded weights of the LightningModule's ``prefix`` attribute, on CPU, on every rank.
-
-    A collective: every rank must call it. Keys are those of the unwrapped module (``prefix`` stripped), so
-    ``load_state_dict`` of a freshly loaded model of the same config accepts them.
-    """
-    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-    root = strategy.model
-    with FSDP.state_dict_type(root, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True)):
-        state = root.state_dict()
-    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if not params:
+        return 0.0
+    norm = torch.nn.utils.clip_grad_norm_(params, limit)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
 def warn_if_updates_round_away(params, lr: float, stage: str) -> None:

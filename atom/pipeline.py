@@ -1,0 +1,182 @@
+"""The pieces every entry point shares, built once, and the stages as functions of the model.
+
+``build(cfg)`` makes the samples, tokenizer, embedder and chunker; ``load_policy`` the model. Each stage takes
+the model and returns the trained, unsharded one::
+
+    pieces = build(cfg)
+    model = load_policy(pieces)
+    model = sft(model, pieces)
+    model = grpo(model, pieces, restart_adapters=True)
+    rows = evaluate(model, pieces, out_dir)
+
+Under ``trainer.strategy=fsdp`` only global rank zero holds real weights between stages; the other ranks hold
+the meta-device skeleton of the same model, and a stage shards and broadcasts it (``atom.train.sharding``).
+Evaluation runs on rank zero, on this process's GPU when there is one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gc
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from atom.agent.oracle import OraclePolicy
+from atom.agent.rollout import RolloutEngine, atommem_episode
+from atom.config import Config
+from atom.data.chunker import TokenChunker
+from atom.data.datamodule import AtomDataModule
+from atom.eval import harness
+from atom.memory.embedder import Embedder, build_embedder
+from atom.train.grpo import GRPOModule
+from atom.train.models import context_window, load_model, load_tokenizer, restart_lora
+from atom.train.sft import DemoDataModule, SFTModule, demos_from_trajectories, read_demos
+from atom.train.trainer import TrainerConfig, build_trainer, resume_path
+
+log = logging.getLogger(__name__)
+
+
+def process_rank(trainer: TrainerConfig) -> int:
+    """This process's global rank, known before the Trainer exists (from the launcher's environment)."""
+    if "RANK" in os.environ:  # torchrun, or Lightning's launcher once the process group is up
+        return int(os.environ["RANK"])
+    return int(os.environ.get("NODE_RANK", 0)) * trainer.devices + int(os.environ.get("LOCAL_RANK", 0))
+
+
+def device_for(trainer: TrainerConfig) -> torch.device:
+    """Where this process computes outside Lightning (evaluation, collection, the embedder): its local GPU when
+    the trainer may use GPUs and CUDA exists, else the CPU."""
+    if trainer.accelerator != "cpu" and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+@dataclass
+class Pieces:
+    """What the stages share, built once from the config (the model is passed separately)."""
+
+    cfg: Config
+    data: AtomDataModule  # samples; GRPO's rollout and validation batches
+    tokenizer: object
+    embedder: Embedder  # on this rank's device
+    chunker: TokenChunker
+    device: torch.device  # where evaluation and collection run
+    rank: int  # global rank of this process
+
+    @property
+    def run_dir(self) -> Path:
+        return self.cfg.run.dir
+
+    def window(self, model=None) -> int:
+        """The policy's context window in tokens (``model.max_context_tokens`` or the model's position limit)."""
+        return context_window(self.cfg.model, model) if model is not None else self.cfg.model.max_context_tokens or 8192
+
+    def max_prompt_tokens(self, model) -> int:
+        return self.window(model) - self.cfg.sampling.max_new_tokens
+
+    def engine(self, policy) -> RolloutEngine:
+        return RolloutEngine(policy, self.embedder, self.chunker, self.cfg.memory, atommem_episode(self.cfg.agent))
+
+
+def build(cfg: Config) -> Pieces:
+    L.seed_everything(cfg.run.seed, verbose=False)
+    data = AtomDataModule(cfg.data, prompts_per_step=cfg.grpo.prompts_per_step, val_samples=cfg.grpo.val_samples)
+    data.setup()
+    tokenizer = load_tokenizer(cfg.model)
+    device = device_for(cfg.trainer)
+    memory = cfg.memory
+    if memory.device == "auto":  # each rank's embedder on that rank's device, not all on cuda:0
+        memory = dataclasses.replace(memory, device=str(device))
+    chunker = TokenChunker(tokenizer, cfg.data.chunk_tokens, cfg.data.chunk_overlap, cfg.data.max_chunks)
+    return Pieces(cfg, data, tokenizer, build_embedder(memory), chunker, device, process_rank(cfg.trainer))
+
+
+def load_policy(p: Pieces):
+    """The configured policy. Under FSDP, ranks other than zero get its meta-device skeleton (no weights read):
+    host memory per node then holds one copy of the model, whatever the number of ranks."""
+    meta = p.cfg.trainer.strategy.startswith("fsdp") and p.rank != 0
+    return load_model(p.cfg.model, seed=p.cfg.run.seed, meta=meta)
+
+
+def _release(*objects) -> None:
+    del objects
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def sft(model, p: Pieces):
+    """SFT on demonstrations (``sft.demos``, else the oracle's trajectories on the training samples)."""
+    cfg = p.cfg
+    if cfg.sft.demos:
+        demos = read_demos(cfg.sft.demos, cfg.sft.min_reward)
+    else:
+        demos = demos_from_trajectories(p.engine(OraclePolicy()).run(p.data.train_samples), cfg.sft.min_reward)
+    if not demos:
+        raise ValueError("SFT: no demonstration passed sft.min_reward; lower it or collect better trajectories")
+    log.info("SFT on %d turns", len(demos))
+    data = DemoDataModule(
+        demos, p.tokenizer, min(cfg.sft.max_tokens, p.window(model)), cfg.sft.batch_size, cfg.run.seed
+    )
+    trainer = build_trainer(
+        cfg.trainer, p.run_dir, "sft", every_n_epochs=1, max_epochs=cfg.sft.epochs,
+        accumulate_grad_batches=cfg.sft.accumulate, gradient_clip_val=cfg.sft.grad_clip or None,
+    )  # fmt: skip
+    module = SFTModule(model, cfg.sft)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_path(cfg.trainer, p.run_dir, "sft"), weights_only=True)
+    trained = module.trained_model()
+    _release(module, trainer)
+    return trained
+
+
+def grpo(model, p: Pieces, restart_adapters: bool = False):
+    """GRPO from ``model``, which is also the KL reference. ``restart_adapters``: LoRA adapters trained by an
+    earlier stage are merged first and fresh ones attached, so that the reference (adapters off) is this start."""
+    cfg = p.cfg
+    if cfg.model.lora.enabled and restart_adapters:
+        model = restart_lora(model, cfg.model)
+    module = GRPOModule(
+        model, p.tokenizer, cfg.grpo, cfg.sampling, p.engine, seed=cfg.run.seed,
+        max_prompt_tokens=p.max_prompt_tokens(model),
+    )  # fmt: skip
+    validate = bool(cfg.grpo.val_every and p.data.val_samples)
+    trainer = build_trainer(
+        cfg.trainer, p.run_dir, "grpo", every_n_epochs=cfg.grpo.checkpoint_every, max_epochs=cfg.grpo.max_steps,
+        check_val_every_n_epoch=cfg.grpo.val_every or 1, limit_val_batches=1.0 if validate else 0,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=p.data, ckpt_path=resume_path(cfg.trainer, p.run_dir, "grpo"), weights_only=True)
+    trained = module.trained_model()
+    _release(module, trainer)
+    return trained
+
+
+def evaluate(model, p: Pieces, out_dir: Path, progress: bool = True) -> dict[str, dict]:
+    """The evaluation table of ``eval.methods`` on the first ``eval.max_samples`` validation samples, written to
+    ``out_dir``. The model (None for the oracle alone) goes to ``p.device`` first; a quantized one stays where it
+    was loaded. The one evaluation that atom.fit, atom.evaluate and atom.collect's callers share."""
+    cfg = p.cfg
+    if model is not None and cfg.model.quantization == "none":
+        model.to(p.device)
+    samples = p.data.val_samples[: cfg.eval.max_samples or None]
+    rows, _ = harness.evaluate(
+        samples, cfg.eval.methods, agent=cfg.agent, ecfg=cfg.eval, sampling=cfg.sampling,
+        chunker=p.chunker, embedder=p.embedder, memory_cfg=cfg.memory, model=model, tokenizer=p.tokenizer,
+        window_tokens=p.window(model), out_dir=out_dir, progress=progress,
+    )  # fmt: skip
+    return rows
+
+
+def save_policy(model, p: Pieces) -> Path:
+    """Save the policy so plain transformers (and atom.evaluate eval.checkpoint=...) can load it."""
+    out = p.run_dir / "policy"
+    if p.cfg.model.lora.enabled and p.cfg.model.lora.merge_on_save:
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(out)
+    p.tokenizer.save_pretrained(out)
+    return out
