@@ -10,7 +10,6 @@ table of every evaluation of the run. Running the same command again resumes eac
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
@@ -24,11 +23,15 @@ from torch.utils.data import DataLoader
 
 from atom.agent.oracle import OraclePolicy
 from atom.agent.rollout import RolloutEngine, atommem_episode
+from atom.cli import entry_point
+from atom.cli import parser as cli_parser
 from atom.config import Config, load_config, save_config
 from atom.data.chunker import TokenChunker
 from atom.data.datamodule import AtomDataModule
+from atom.data.records import DataError
 from atom.eval.harness import evaluate, markdown_table
 from atom.memory.embedder import build_embedder
+from atom.rundir import hold
 from atom.train.grpo import GRPOModule
 from atom.train.models import context_window, load_model, load_tokenizer, restart_lora
 from atom.train.sft import DemoDataModule, SFTModule, demos_from_trajectories, read_demos
@@ -88,10 +91,10 @@ def run_sft(p: Pipeline) -> None:
     if cfg.sft.demos:
         demos = read_demos(cfg.sft.demos, cfg.sft.min_reward)
     else:
-        trajectories = p.engine(OraclePolicy()).run(p.data.train_samples)
+        trajectories = p.engine(OraclePolicy()).run(p.data.require("train", "sft (oracle demonstrations)"))
         demos = demos_from_trajectories(trajectories, cfg.sft.min_reward)
     if not demos:
-        raise ValueError("SFT: no demonstration passed sft.min_reward; lower it or collect better trajectories")
+        raise DataError("SFT: no demonstration passed sft.min_reward; lower it or collect better trajectories")
     log.info("SFT on %d turns", len(demos))
     data = DemoDataModule(demos, p.tokenizer, min(cfg.sft.max_tokens, p.window), cfg.sft.batch_size, cfg.run.seed)
     trainer = build_trainer(
@@ -112,7 +115,7 @@ def run_grpo(p: Pipeline) -> None:
     if cfg.grpo.kl_coef > 0 and not cfg.model.lora.enabled:
         ref = copy.deepcopy(p.model)  # full fine-tuning: the reference is a frozen copy of the starting policy
     module = GRPOModule(
-        p.model, p.tokenizer, cfg.grpo, cfg.sampling, p.engine, p.data.train_samples, p.data.val_samples,
+        p.model, p.tokenizer, cfg.grpo, cfg.sampling, p.engine, p.data.require("train", "grpo"), p.data.val_samples,
         ref_model=ref, seed=cfg.run.seed, max_prompt_tokens=p.max_prompt_tokens, make_replica=p.fresh_model,
     )  # fmt: skip
     # One Lightning "epoch" per rollout step (a one-item loader; the module's schedule picks the prompts), so the
@@ -130,7 +133,7 @@ def run_eval(p: Pipeline, tag: str) -> dict[str, dict]:
     cfg = p.cfg
     if cfg.model.quantization == "none":
         p.model.to(p.device)  # Lightning's teardown leaves the trained model on the CPU
-    samples = p.data.val_samples[: cfg.eval.max_samples or None]
+    samples = p.data.require("val", "eval")[: cfg.eval.max_samples or None]
     rows, _ = evaluate(
         samples, cfg.eval.methods, agent=cfg.agent, ecfg=cfg.eval, sampling=cfg.sampling, chunker=p.chunker,
         embedder=p.embedder, memory_cfg=cfg.memory, model=p.model, tokenizer=p.tokenizer, window_tokens=p.window,
@@ -150,8 +153,9 @@ def save_policy(p: Pipeline) -> Path:
     return out
 
 
+@entry_point("atom.fit")
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m atom.fit", description=__doc__.splitlines()[0])
+    parser = cli_parser("python -m atom.fit", __doc__)
     parser.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grpo.max_steps=2")
     args = parser.parse_args(argv)
@@ -160,10 +164,19 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def fit(cfg: Config) -> dict:
+    """Run ``cfg.run.stages`` in order, owning the run directory (``atom.rundir.hold``) while it runs."""
+    with hold(cfg.run.dir):
+        return _fit(cfg)
+
+
+def _fit(cfg: Config) -> dict:
     """Run ``cfg.run.stages`` in order. ``eval`` may appear more than once (e.g. ``[sft, eval, grpo, eval]``); each
     evaluation is labelled by the training stages run before it: ``(before)``, ``(after sft)``, ``(after sft+grpo)``,
     or no label when the run trains nothing."""
     p = Pipeline(cfg)
+    for stage, split in (("sft", "train"), ("grpo", "train"), ("eval", "val")):  # fail before any stage runs
+        if stage in cfg.run.stages and not (stage == "sft" and cfg.sft.demos):
+            p.data.require(split, stage)
     save_config(cfg, p.run_dir)
     table: dict[str, dict] = {}
     trains = any(s in cfg.run.stages for s in ("sft", "grpo"))

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from atom.data.loaders import DataConfig, load_records
 from atom.data.longcontext import LongContextSample, build_samples, paragraph_pool
-from atom.data.records import QARecord
+from atom.data.records import DataError, QARecord
 from atom.data.synthetic import generate
 
 
@@ -90,6 +90,18 @@ class AtomDataModule(lightning.LightningDataModule):
         self.train_samples = build_samples(self.train_records, self.cfg, train_pool, split="train")
         self.val_samples = build_samples(self.val_records, self.cfg, val_pool, split="val")
         self._ready = True
+
+    def require(self, split: str, purpose: str) -> list[LongContextSample]:
+        """The ``split`` ("train" or "val") samples, or a DataError saying why there are none and what to change."""
+        self.setup()
+        samples = self.train_samples if split == "train" else self.val_samples
+        if not samples:
+            fix = "lower data.val_fraction" if split == "train" else "raise data.val_fraction above 0"
+            raise DataError(
+                f"{purpose} needs {split} samples but there are none ({len(self.records)} records, "
+                f"data.val_fraction={self.cfg.val_fraction}); {fix}"
+            )
+        return samples
 
     def all_samples(self) -> list[LongContextSample]:
         """Samples built from every loaded record (file order, no split), as an evaluation set would be."""

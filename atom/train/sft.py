@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from atom.agent.hf_policy import centre_truncate, encode_prompt
 from atom.agent.rollout import Trajectory
 from atom.data.datamodule import EpochShuffler
+from atom.data.records import DataError
 from atom.train.trainer import adamw_with_warmup, clip_grad_norm, full_state_dict, is_fsdp
 
 IGNORE = -100
@@ -83,7 +84,7 @@ def read_demos(path: str | Path, min_reward: float) -> list[dict]:
                 reward = float(row["reward"])
                 turns = [(t["messages"], str(t["completion"])) for t in row["turns"]]
             except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}:{lineno}: not a trajectory record ({exc!r})") from exc
+                raise DataError(f"{path}:{lineno}: not a trajectory record ({exc!r})") from exc
             if reward >= min_reward:
                 demos += [{"messages": m, "completion": c, "reward": reward} for m, c in turns]
     return demos
