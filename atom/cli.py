@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from atom.errors import AtomError
+from atom.errors import AtomError, Interrupted
 
 # Warnings that are noise for an atom user: atom chooses num_workers, the logger, and sets the accelerator
 # explicitly, so none of them asks for a decision the user can make.
@@ -101,7 +101,8 @@ def entry_point(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]
             except (AtomError, OSError) as exc:
                 if _verbose(argv):
                     raise
-                print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+                label = "stopped" if isinstance(exc, Interrupted) else "error"
+                print(f"{prog}: {label}: {one_line(exc)}", file=sys.stderr)
                 raise SystemExit(getattr(exc, "exit_code", 2)) from None
 
         return run

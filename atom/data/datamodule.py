@@ -41,13 +41,14 @@ class EpochShuffler(Sampler[int]):
 
     def __init__(self, n: int, seed: int):
         self.n, self.seed, self.epoch = n, seed, 0
+        self.start = 0  # leading indices of this epoch's order to skip (a resumed epoch: ResumableLoader)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        return iter(torch.randperm(self.n, generator=generator).tolist()[self.start :])
 
     def __len__(self) -> int:
         return self.n

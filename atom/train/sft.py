@@ -23,6 +23,7 @@ from atom.agent.hf_policy import centre_truncate, encode_prompt
 from atom.agent.rollout import Trajectory
 from atom.data.datamodule import EpochShuffler
 from atom.data.records import DataError
+from atom.train.preemption import ResumableLoader
 from atom.train.trainer import adamw_with_warmup, clip_grad_norm, full_state_dict, is_fsdp
 
 IGNORE = -100
@@ -141,7 +142,7 @@ class DemoDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return DataLoader(
+        return ResumableLoader(  # exact resume from a checkpoint saved mid-epoch (on SIGTERM)
             self.dataset, batch_size=self.batch_size, sampler=EpochShuffler(len(self.dataset), self.seed),
             collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id),
         )  # fmt: skip

@@ -15,6 +15,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from atom.train.preemption import SaveOnSignal, resume_checkpoint
+
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "ddp", "fsdp", "fsdp_grad_op")
@@ -29,6 +31,7 @@ class TrainerConfig:
     precision: str = "32-true"  # Lightning precision: 32-true | bf16-mixed | bf16-true
     log_every: int = 1  # optimizer steps between logged scalars
     resume: bool = True  # continue a stage from <run>/checkpoints/<stage>/last.ckpt when it exists
+    resume_intact: bool = False  # if last.ckpt is damaged, resume from the newest intact periodic one (else stop)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -66,8 +69,8 @@ def checkpoint_path(run_dir: str | Path, stage: str) -> Path:
 
 
 def resume_path(cfg: TrainerConfig, run_dir: str | Path, stage: str) -> str | None:
-    path = checkpoint_path(run_dir, stage)
-    return str(path) if cfg.resume and path.is_file() else None
+    path = resume_checkpoint(checkpoint_path(run_dir, stage), cfg.resume_intact) if cfg.resume else None
+    return str(path) if path is not None else None
 
 
 def build_trainer(cfg: TrainerConfig, run_dir: str | Path, stage: str, every_n_epochs: int, **kwargs) -> L.Trainer:
@@ -78,6 +81,7 @@ def build_trainer(cfg: TrainerConfig, run_dir: str | Path, stage: str, every_n_e
         every_n_epochs=max(every_n_epochs, 1),
         save_last=True,
         save_top_k=-1,
+        enable_version_counter=False,  # the run lock keeps writers out; a fresh start replaces, never last-v1
     )
     return L.Trainer(
         accelerator=cfg.accelerator,
@@ -86,7 +90,7 @@ def build_trainer(cfg: TrainerConfig, run_dir: str | Path, stage: str, every_n_e
         strategy=_strategy(cfg),
         precision=cfg.precision,
         logger=TensorBoardLogger(save_dir=str(run_dir), name="tb", version=stage, default_hp_metric=False),
-        callbacks=[ckpt],
+        callbacks=[ckpt, SaveOnSignal(checkpoint_path(run_dir, stage))],
         log_every_n_steps=cfg.log_every,
         enable_model_summary=False,
         num_sanity_val_steps=0,
