@@ -37,6 +37,7 @@ _NOISE_WARNINGS = (
     r".*litmodels.*",
     r".*The number of training batches \(\d+\) is smaller than the logging interval.*",
     r".*`isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    r".*Checkpoint directory .* exists and is not empty.*",  # resuming is atom's default; resume=false logs it
 )
 _NOISE_LOGS = re.compile(
     r"Tip:|litlogger|litmodels|GPU available:|TPU available:|HPU available:|💡|"

@@ -98,7 +98,7 @@ def _check_keys(schema: type, values: Any, where: str, source: str) -> None:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(
-                f"{source}: unknown config key '{full}'{hint} Valid keys under '{where or '<root>'}': "
+                f"{source}: unknown config key '{full}'{hint or ';'} Valid keys under '{where or '<root>'}': "
                 f"{', '.join(fields)}"
             )
         sub_type = _dataclass_of(fields[key])

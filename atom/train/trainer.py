@@ -69,7 +69,14 @@ def checkpoint_path(run_dir: str | Path, stage: str) -> Path:
 
 
 def resume_path(cfg: TrainerConfig, run_dir: str | Path, stage: str) -> str | None:
-    path = resume_checkpoint(checkpoint_path(run_dir, stage), cfg.resume_intact) if cfg.resume else None
+    last = checkpoint_path(run_dir, stage)
+    if not cfg.resume:
+        if last.parent.is_dir() and any(last.parent.iterdir()):
+            log.warning(
+                "trainer.resume=false: %s starts over; its checkpoints in %s will be replaced", stage, last.parent
+            )
+        return None
+    path = resume_checkpoint(last, cfg.resume_intact)
     return str(path) if path is not None else None
 
 
