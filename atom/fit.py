@@ -134,6 +134,8 @@ def run_eval(p: Pipeline, tag: str) -> dict[str, dict]:
     if cfg.model.quantization == "none":
         p.model.to(p.device)  # Lightning's teardown leaves the trained model on the CPU
     samples = p.data.require("val", "eval")[: cfg.eval.max_samples or None]
+    if (p.run_dir / "eval" / tag / "results.json").is_file():  # a re-run of this run (resume): say so
+        log.info("replacing %s from an earlier attempt of this run", p.run_dir / "eval" / tag)
     rows, _ = evaluate(
         samples, cfg.eval.methods, agent=cfg.agent, ecfg=cfg.eval, sampling=cfg.sampling, chunker=p.chunker,
         embedder=p.embedder, memory_cfg=cfg.memory, model=p.model, tokenizer=p.tokenizer, window_tokens=p.window,
