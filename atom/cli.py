@@ -74,7 +74,8 @@ class _DropNoise(logging.Filter):
 def quiet_lightning() -> None:
     """Silence Lightning's product tips and the warnings listed in ``_NOISE_WARNINGS`` (see module docstring)."""
     for pattern in _NOISE_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern)
+        if not any(f[0] == "ignore" and f[1] is not None and f[1].pattern == pattern for f in warnings.filters):
+            warnings.filterwarnings("ignore", message=pattern)
     for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropNoise) for f in logger.filters):

@@ -179,6 +179,8 @@ def _fit(cfg: Config) -> dict:
     for stage, split in (("sft", "train"), ("grpo", "train"), ("eval", "val")):  # fail before any stage runs
         if stage in cfg.run.stages and not (stage == "sft" and cfg.sft.demos):
             p.data.require(split, stage)
+    if "sft" in cfg.run.stages and cfg.sft.demos and not Path(cfg.sft.demos).is_file():
+        raise DataError(f"sft.demos={cfg.sft.demos!r}: file not found; write one with python -m atom.collect")
     save_config(cfg, p.run_dir)
     table: dict[str, dict] = {}
     trains = any(s in cfg.run.stages for s in ("sft", "grpo"))

@@ -113,7 +113,7 @@ CASES = [
     ("zero samples (sft)", "atom.fit", ["data.val_fraction=1.0", "run.stages=[sft]"], "good.yaml",
      r"sft needs train samples but there are none .*; lower data.val_fraction"),
     ("missing sft.demos file", "atom.fit", ["sft.demos={d}/none.jsonl", "run.stages=[sft]"], "good.yaml",
-     r"No such file or directory: {d}/none.jsonl"),
+     r"sft.demos='{d}/none.jsonl': file not found; write one with python -m atom.collect"),
     ("bad sft.demos line", "atom.fit", ["sft.demos={d}/demos.jsonl", "run.stages=[sft]"], "good.yaml",
      r"{d}/demos.jsonl:1: not a trajectory record \(KeyError\('turns'\)\)"),
 ]  # fmt: skip
