@@ -147,6 +147,7 @@ def test_bad_input_is_one_line_and_exit_status_2(files, capsys, case, command, a
     assert written <= ({"run.lock", "config.yaml"} if "sft.demos" in case else {"run.lock"}), written
 
 
+@pytest.mark.slow
 def test_evaluate_never_overwrites_an_earlier_evaluation_unless_told(files, capsys):
     d = str(files)
     argv = [str(files / "good.yaml"), *FAST, f"run.out_dir={d}/runs", "eval.methods=[oracle]", "eval.max_samples=1"]
@@ -193,6 +194,7 @@ def test_a_second_fit_on_a_held_run_stops_at_once_naming_the_holder_and_a_dead_h
                 pass
 
 
+@pytest.mark.slow
 def test_a_real_process_exits_2_with_only_the_line(files):
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     argv = [sys.executable, "-m", "atom.data", str(files / "good.yaml"), "grpo.lr_rate=1"]

@@ -22,6 +22,7 @@ from atom.train.sft import SFTModule
 from .test_sft import SFT_TINY
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # tiny SFT runs, one in a subprocess
 SFT = SFT_TINY + ["sft.batch_size=2", "sft.epochs=1", "sft.max_tokens=128", "trainer.accelerator=cpu"]
 
 
@@ -55,7 +56,6 @@ def resumed_params(tmp_path: Path, name: str, *extra: str) -> torch.Tensor:
     return params(p.model)
 
 
-@pytest.mark.slow
 def test_sigterm_mid_epoch_saves_last_exits_143_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path, straight):
     config = tmp_path / "run.yaml"
     config.write_text("run:\n  name: pre\n")

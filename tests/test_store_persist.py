@@ -100,6 +100,7 @@ def test_a_save_killed_half_way_leaves_the_previous_save_loadable(tmp_path):
     assert texts_of(mem) == ["next"]
 
 
+@pytest.mark.slow
 def test_concurrent_loads_always_see_a_whole_save(tmp_path):
     """A writer process alternates two different stores as fast as it can; every load in this process must
     succeed and pair each text with its own vector."""
