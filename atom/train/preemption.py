@@ -130,7 +130,7 @@ def checkpoint_problem(path: Path) -> str | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # torch raises RuntimeError, pickle errors, EOFError, ... for damaged files
-        return " ".join(str(exc).split())[:200] or type(exc).__name__
+        return " ".join(str(exc).split()).split(". ")[0][:200] or type(exc).__name__  # torch's first sentence
     if not isinstance(state, dict) or "state_dict" not in state or "global_step" not in state:
         return "not a Lightning checkpoint (no state_dict / global_step)"
     return None
