@@ -10,18 +10,20 @@ thresholds).
 
 from __future__ import annotations
 
-import argparse
 import logging
 
 from atom import pipeline
 from atom.agent.hf_policy import HFPolicy
 from atom.agent.oracle import OraclePolicy
+from atom.cli import entry_point
+from atom.cli import parser as cli_parser
 from atom.config import load_config
 from atom.train.sft import write_trajectories
 
 
+@entry_point("atom.collect")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m atom.collect", description=__doc__.splitlines()[0])
+    parser = cli_parser("python -m atom.collect", __doc__)
     parser.add_argument("config")
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--out", required=True, help="trajectories JSONL to write")
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
     p = pipeline.build(cfg)
-    samples = p.data.train_samples if args.split == "train" else p.data.val_samples
+    samples = p.data.require(args.split, "atom.collect")
     if args.policy == "oracle":
         policy = OraclePolicy()
     else:

@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from atom.agent.episode import AgentConfig
 from atom.agent.hf_policy import SamplingConfig
 from atom.data.loaders import DataConfig
+from atom.errors import AtomError
 from atom.eval.harness import EvalConfig
 from atom.memory.embedder import MemoryConfig
 from atom.train.grpo import GRPOConfig
@@ -34,7 +35,7 @@ from atom.train.trainer import TrainerConfig
 STAGES = ("sft", "grpo", "eval")
 
 
-class ConfigError(ValueError):
+class ConfigError(AtomError, ValueError):
     """A config file or override that does not fit the dataclass tree."""
 
 
@@ -46,6 +47,10 @@ class RunConfig:
     stages: list[str] = field(default_factory=lambda: ["eval"])  # atom.fit runs, in order: sft, grpo, eval (repeatable)
 
     def __post_init__(self) -> None:
+        if not self.name.strip() or self.name.strip() in (".", ".."):
+            raise ValueError(f"run.name must name a run directory under run.out_dir, got {self.name!r}")
+        if not self.stages:
+            raise ValueError("run.stages is empty: nothing to run; list stages, e.g. run.stages=[sft,grpo,eval]")
         bad = [s for s in self.stages if s not in STAGES]
         if bad:
             raise ValueError(f"run.stages: unknown stage(s) {bad}; valid stages are {list(STAGES)}")
@@ -93,7 +98,7 @@ def _check_keys(schema: type, values: Any, where: str, source: str) -> None:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(
-                f"{source}: unknown config key '{full}'{hint} Valid keys under '{where or '<root>'}': "
+                f"{source}: unknown config key '{full}'{hint or ';'} Valid keys under '{where or '<root>'}': "
                 f"{', '.join(fields)}"
             )
         sub_type = _dataclass_of(fields[key])
@@ -115,7 +120,10 @@ def _dataclass_of(default: dataclasses.Field) -> type | None:
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     """Read a YAML file, resolving its optional ``base:`` chain (relative paths, no cycles)."""
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        what = "not a file" if path.exists() else "not found"
+        if seen:
+            raise ConfigError(f"{seen[-1]}: its base: file {path} is {what}; fix the 'base:' line (relative to it)")
+        raise ConfigError(f"config file {path} is {what}; pass an experiment YAML, e.g. experiments/quickstart.yaml")
     if path.resolve() in seen:
         raise ConfigError(f"{path}: 'base' cycle through {[str(p) for p in seen]}")
     try:
@@ -123,7 +131,9 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     except Exception as exc:  # YAML syntax errors come from several libraries
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if raw is None or (isinstance(raw, DictConfig) and len(raw) == 0):
-        return OmegaConf.create({})
+        # An empty file is almost always a mistake (a wrong path, an unsaved editor buffer): all defaults would
+        # run silently. A YAML that really wants the defaults says so with at least one key.
+        raise ConfigError(f"{path}: the config file is empty; give at least one key (e.g. run.name: my_run)")
     if not isinstance(raw, DictConfig):
         raise ConfigError(f"{path}: top level must be a mapping, got a list")
     base = raw.pop("base", None)
@@ -146,8 +156,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. data.num_docs=50)")
+        # `key=` sets the empty string (as `key=""` does); for a non-string field it is a bad value below.
+        dotted = item + '""' if item.endswith("=") else item
         try:
-            layers.append((f"override '{item}'", OmegaConf.from_dotlist([item])))
+            layers.append((f"override '{item}'", OmegaConf.from_dotlist([dotted])))
         except OmegaConfBaseException as exc:
             raise ConfigError(f"override '{item}': {exc}") from exc
     for source, layer in layers:

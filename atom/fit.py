@@ -10,19 +10,24 @@ command again resumes each stage from its last checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
+from pathlib import Path
 
 from atom import pipeline
+from atom.cli import entry_point
+from atom.cli import parser as cli_parser
 from atom.config import Config, load_config, save_config
+from atom.data.records import DataError
 from atom.eval.report import markdown_table
+from atom.rundir import hold
 
 log = logging.getLogger("atom.fit")
 
 
+@entry_point("atom.fit")
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m atom.fit", description=__doc__.splitlines()[0])
+    parser = cli_parser("python -m atom.fit", __doc__)
     parser.add_argument("config", help="experiment YAML, e.g. experiments/quickstart.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grpo.max_steps=2")
     args = parser.parse_args(argv)
@@ -31,10 +36,21 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def fit(cfg: Config) -> dict:
+    """Run ``cfg.run.stages`` in order, owning the run directory (``atom.rundir.hold``) while it runs."""
+    with hold(cfg.run.dir):
+        return _fit(cfg)
+
+
+def _fit(cfg: Config) -> dict:
     """Run ``cfg.run.stages`` in order. ``eval`` may appear more than once (e.g. ``[sft, eval, grpo, eval]``); each
     evaluation is labelled by the training stages run before it: ``(before)``, ``(after sft)``, ``(after sft+grpo)``,
     or no label when the run trains nothing. Evaluation and saving run on global rank zero only."""
     p = pipeline.build(cfg)
+    for stage, split in (("sft", "train"), ("grpo", "train"), ("eval", "val")):  # fail before any stage runs
+        if stage in cfg.run.stages and not (stage == "sft" and cfg.sft.demos):
+            p.data.require(split, stage)
+    if "sft" in cfg.run.stages and cfg.sft.demos and not Path(cfg.sft.demos).is_file():
+        raise DataError(f"sft.demos={cfg.sft.demos!r}: file not found; write one with python -m atom.collect")
     save_config(cfg, p.run_dir)
     model = pipeline.load_policy(p)
     table: dict[str, dict] = {}
@@ -43,6 +59,8 @@ def fit(cfg: Config) -> dict:
 
     def evaluation(label: str, tag: str) -> None:
         if p.rank == 0:
+            if (p.run_dir / "eval" / tag / "results.json").is_file():  # a re-run of this run (resume): say so
+                log.info("replacing %s from an earlier attempt of this run", p.run_dir / "eval" / tag)
             rows = pipeline.evaluate(model, p, p.run_dir / "eval" / tag)
             table.update({f"{m}{label}": r for m, r in rows.items()})
 

@@ -32,6 +32,7 @@ from atom.agent.rollout import RolloutEngine, atommem_episode
 from atom.config import Config
 from atom.data.chunker import TokenChunker
 from atom.data.datamodule import AtomDataModule
+from atom.data.records import DataError
 from atom.eval import harness
 from atom.memory.embedder import Embedder, build_embedder
 from atom.train.grpo import GRPOModule
@@ -117,9 +118,10 @@ def sft(model, p: Pieces):
     if cfg.sft.demos:
         demos = read_demos(cfg.sft.demos, cfg.sft.min_reward)
     else:
-        demos = demos_from_trajectories(p.engine(OraclePolicy()).run(p.data.train_samples), cfg.sft.min_reward)
+        trajectories = p.engine(OraclePolicy()).run(p.data.require("train", "sft (oracle demonstrations)"))
+        demos = demos_from_trajectories(trajectories, cfg.sft.min_reward)
     if not demos:
-        raise ValueError("SFT: no demonstration passed sft.min_reward; lower it or collect better trajectories")
+        raise DataError("SFT: no demonstration passed sft.min_reward; lower it or collect better trajectories")
     log.info("SFT on %d turns", len(demos))
     data = DemoDataModule(
         demos, p.tokenizer, min(cfg.sft.max_tokens, p.window(model)), cfg.sft.batch_size, cfg.run.seed
@@ -163,7 +165,7 @@ def evaluate(model, p: Pieces, out_dir: Path, progress: bool = True) -> dict[str
     cfg = p.cfg
     if model is not None and cfg.model.quantization == "none":
         model.to(p.device)
-    samples = p.data.val_samples[: cfg.eval.max_samples or None]
+    samples = p.data.require("val", "evaluation")[: cfg.eval.max_samples or None]
     rows, _ = harness.evaluate(
         samples, cfg.eval.methods, agent=cfg.agent, ecfg=cfg.eval, sampling=cfg.sampling,
         chunker=p.chunker, embedder=p.embedder, memory_cfg=cfg.memory, model=model, tokenizer=p.tokenizer,

@@ -65,7 +65,7 @@ def test_yaml_smoke_runs_with_a_tiny_overlay(path, tmp_path, monkeypatch):
         table = fit(cfg)
         if "eval" in cfg.run.stages:
             assert table and all(0.0 <= r["em"] <= 100.0 for r in table.values())
-    assert (cfg.run.dir / "config.yaml").is_file() or (cfg.run.dir / "eval" / "config.yaml").is_file()
+    assert (cfg.run.dir / "config.yaml").is_file() or (cfg.run.dir / "eval" / "evaluate-1" / "config.yaml").is_file()
 
 
 @pytest.mark.slow

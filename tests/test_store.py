@@ -98,7 +98,9 @@ def test_k_edge_cases(cfg):
     assert store.read("anything", 6) == []  # empty store
     store.create_many(["a", "b", "c"])
     assert [e.id for e in store.read("b", 100)] == [1, 0, 2]  # k above live: all live
-    assert store.read("b", 0) == [] and store.read("b", -3) == []
+    for k in (0, -3):  # a caller asking for no results has a bug; say so instead of returning []
+        with pytest.raises(ValueError, match=f"read k must be >= 1, got {k}"):
+            store.read("b", k)
     assert store.read_many(["a", "c"], 1) == [[Entry(0, "a", 1.0)], [Entry(2, "c", 1.0)]]
 
 
@@ -281,9 +283,10 @@ def test_save_load_round_trip(tmp_path, cfg):
     store.delete(1)
     store.update(3, "epsilon")
     store.save(tmp_path / "mem")
-    files = sorted(p.name for p in (tmp_path / "mem").iterdir())
-    assert files == (["index.bin"] if cfg is HNSW else []) + ["store.json", "vectors.npy"]
-    json.loads((tmp_path / "mem" / "store.json").read_text())  # plain JSON, no pickle
+    version = tmp_path / "mem" / (tmp_path / "mem" / "CURRENT").read_text().strip()
+    files = sorted(p.name for p in version.iterdir())
+    assert files == (["index.bin"] if cfg is HNSW else []) + ["manifest.json", "store.json", "vectors.npy"]
+    json.loads((version / "store.json").read_text())  # plain JSON, no pickle
     loaded = MemoryStore.load(tmp_path / "mem", HashEmbedder(64))
     assert loaded.cfg == cfg and loaded.ids() == [0, 2, 3, 4] and loaded.get(3) == "epsilon"
     for q in ("alpha", "beta gamma", "epsilon", "zeta"):
@@ -298,7 +301,7 @@ def test_load_rejects_embedder_of_other_dim(tmp_path):
     store.save(tmp_path)
     with pytest.raises(ValueError, match="64-d vectors .* 32-d"):
         MemoryStore.load(tmp_path, HashEmbedder(32))
-    with pytest.raises(FileNotFoundError, match="store.json"):
+    with pytest.raises(FileNotFoundError, match="no such store directory"):
         MemoryStore.load(tmp_path / "missing", HashEmbedder(64))
 
 
@@ -364,6 +367,10 @@ def make_machine(cfg: MemoryConfig) -> type[RuleBasedStateMachine]:
 
         @rule(query=TEXTS, k=st.integers(-1, 8))
         def read(self, query, k):
+            if k <= 0:
+                with pytest.raises(ValueError, match="read k must be >= 1"):
+                    self.store.read(query, k)
+                return
             self.check_read(self.store.read(query, k), query, k)
 
         @rule(queries=st.lists(TEXTS, min_size=1, max_size=3), k=st.integers(1, 5))
@@ -400,7 +407,7 @@ def make_machine(cfg: MemoryConfig) -> type[RuleBasedStateMachine]:
         @rule()
         def save_and_load(self):
             # One folder for every example: each save must also replace what an earlier store left there.
-            self.store.save(save_dir)
+            self.store.save(save_dir, durable=False)  # no fsyncs: thousands of saves here (durable: test_store_persist)
             self.store = MemoryStore.load(save_dir, EMBEDDER)
 
         @invariant()

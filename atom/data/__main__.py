@@ -16,7 +16,6 @@ Example (the paper's HotpotQA setting over the shipped sample):
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -24,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from atom.cli import entry_point
+from atom.cli import parser as cli_parser
 from atom.config import load_config
 from atom.data.chunker import TokenChunker
 from atom.data.datamodule import AtomDataModule
@@ -102,8 +103,9 @@ def _print(name: str, stats: dict) -> None:
     )
 
 
+@entry_point("atom.data")
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m atom.data", description=__doc__.splitlines()[0])
+    parser = cli_parser("python -m atom.data", __doc__)
     parser.add_argument("config", help="experiment YAML (its data and model sections are used)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.num_docs=400")
     parser.add_argument(

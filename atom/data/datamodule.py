@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from atom.data.loaders import DataConfig, load_records
 from atom.data.longcontext import LongContextSample, build_samples, paragraph_pool
-from atom.data.records import QARecord
+from atom.data.records import DataError, QARecord
 from atom.data.synthetic import generate
 
 
@@ -48,6 +48,7 @@ class EpochShuffler(Sampler[int]):
             raise ValueError("EpochShuffler needs at least one item")
         self.n, self.seed, self.epoch = n, seed, 0
         self.batch_size, self.rank, self.world = batch_size, rank, world
+        self.start = 0  # leading indices of this rank's order to skip (a resumed epoch: ResumableLoader)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -55,14 +56,13 @@ class EpochShuffler(Sampler[int]):
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.n, generator=generator).tolist()
-        if self.world == 1:
-            return iter(order)
-        span = self.batch_size * self.world
-        total = len(self) * self.world
-        order = (order * -(-total // self.n))[:total]  # wrapped around to whole global batches
-        return iter(
-            i for g in range(0, len(order), span) for i in order[g + self.rank * self.batch_size :][: self.batch_size]
-        )
+        if self.world > 1:
+            span = self.batch_size * self.world
+            total = len(self) * self.world
+            order = (order * -(-total // self.n))[:total]  # wrapped around to whole global batches
+            mine = self.rank * self.batch_size
+            order = [i for g in range(0, len(order), span) for i in order[g + mine :][: self.batch_size]]
+        return iter(order[self.start :])
 
     def __len__(self) -> int:
         if self.world == 1:
@@ -168,6 +168,18 @@ class AtomDataModule(lightning.LightningDataModule):
         self.train_samples = build_samples(self.train_records, self.cfg, train_pool, split="train")
         self.val_samples = build_samples(self.val_records, self.cfg, val_pool, split="val")
         self._ready = True
+
+    def require(self, split: str, purpose: str) -> list[LongContextSample]:
+        """The ``split`` ("train" or "val") samples, or a DataError saying why there are none and what to change."""
+        self.setup()
+        samples = self.train_samples if split == "train" else self.val_samples
+        if not samples:
+            fix = "lower data.val_fraction" if split == "train" else "raise data.val_fraction above 0"
+            raise DataError(
+                f"{purpose} needs {split} samples but there are none ({len(self.records)} records, "
+                f"data.val_fraction={self.cfg.val_fraction}); {fix}"
+            )
+        return samples
 
     def all_samples(self) -> list[LongContextSample]:
         """Samples built from every loaded record (file order, no split), as an evaluation set would be."""

@@ -359,7 +359,10 @@ def load_records(cfg: DataConfig) -> list[QARecord]:
         )
     path = Path(cfg.path).expanduser()
     if path.is_file():
-        return FILE_LOADERS[cfg.dataset](path, cfg.max_records)
+        records = FILE_LOADERS[cfg.dataset](path, cfg.max_records)
+        if not records:  # an empty array or JSONL would evaluate "0 samples" and report EM 0.0
+            raise DataError(f"{path}: the file holds no records; point data.path at a {cfg.dataset} file with records")
+        return records
     if path.exists():
         raise DataError(f"data.path={cfg.path!r} is a directory; point it at the {cfg.dataset} file itself")
     if _looks_local(cfg.path):
@@ -373,4 +376,6 @@ def load_records(cfg: DataConfig) -> list[QARecord]:
         raise DataError(f"data.path={cfg.path!r} is not a local file and loading it as {source} failed: {exc}") from exc
     if cfg.max_records:
         rows = rows.select(range(min(cfg.max_records, len(rows))))
+    if len(rows) == 0:
+        raise DataError(f"{source}: no records; choose another data.hub_split or data.hub_config")
     return records_from_rows(rows, cfg.dataset, source)

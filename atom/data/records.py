@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from atom.errors import AtomError
+
 DATASETS = ("hotpotqa", "2wiki", "musique", "synthetic")
 
 
-class DataError(ValueError):
+class DataError(AtomError, ValueError):
     """A data file or record that does not fit its format (the message names file, record and problem)."""
 
 

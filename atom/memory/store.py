@@ -32,10 +32,11 @@ import hnswlib
 import numpy as np
 
 from atom.memory.embedder import Embedder, MemoryConfig
+from atom.memory.persist import POINTER, StoreError, read_version, write_version
 
 SCORE_DECIMALS = 9  # scores equal after rounding to this many decimals are ties (broken by smaller id)
 _NORM_TOLERANCE = 1e-3  # precomputed vectors must have an L2 norm within this of 1
-_FORMAT = 1  # version of the save() directory layout
+_FORMAT = 2  # version of store.json (1: saved without a manifest, still loadable)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,12 @@ def _check_text(text: Any, what: str) -> str:
         raise TypeError(f"{what} must be a str, got {type(text).__name__}")
     if not text.strip():
         raise ValueError(f"{what} must be non-empty, got {text!r}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: no file, JSON or tokenizer could hold it
+        raise ValueError(
+            f"{what} is not valid UTF-8 text: {exc.reason} {text[exc.start]!r} at position {exc.start}"
+        ) from None
     return text
 
 
@@ -254,7 +261,9 @@ class MemoryStore:
         queries = [_check_text(q, f"query {i}") for i, q in enumerate(queries)]
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise TypeError(f"read k must be an int, got {type(k).__name__}")
-        if k <= 0 or not self._texts:
+        if k <= 0:
+            raise ValueError(f"read k must be >= 1, got {k}")
+        if not self._texts:
             if vectors is not None:
                 self._check_vectors(vectors, len(queries), "query vectors")
             return [[] for _ in queries]
@@ -312,18 +321,13 @@ class MemoryStore:
         return result
 
     # ---- persistence ---------------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write the store to directory ``path``: store.json, vectors.npy, index.bin (if built); no pickle."""
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
+    def save(self, path: str | Path, durable: bool = True) -> Path:
+        """Save to directory ``path`` atomically (``atom.memory.persist``): a new version holding store.json,
+        vectors.npy and index.bin (if built), checksummed; no pickle. The previous save stays loadable until
+        this one is complete. ``durable=False`` skips the fsyncs (still atomic against crashes and kills, not
+        against a power loss). Returns ``path``."""
         n = len(self._texts)
         order = np.argsort(self._slot_ids[:n], kind="stable")  # rows in ascending id, aligned with "ids"
-        np.save(out / "vectors.npy", self._vecs[:n][order], allow_pickle=False)
-        index_file = out / "index.bin"
-        if self._index is not None:
-            self._index.save_index(str(index_file))
-        elif index_file.exists():
-            index_file.unlink()
         meta = {
             "format": _FORMAT,
             "dim": self.dim,
@@ -335,41 +339,73 @@ class MemoryStore:
             "next_label": self._next_label,
             "config": dataclasses.asdict(self.cfg),
         }
-        (out / "store.json").write_text(json.dumps(meta, ensure_ascii=False))
-        return out
+        encoded = json.dumps(meta, ensure_ascii=False).encode("utf-8")  # fails here, before the disk is touched
+
+        def write(version: Path) -> None:
+            np.save(version / "vectors.npy", self._vecs[:n][order], allow_pickle=False)
+            if self._index is not None:
+                self._index.save_index(str(version / "index.bin"))
+            (version / "store.json").write_bytes(encoded)
+
+        write_version(path, write, durable)
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path, embedder: Embedder) -> MemoryStore:
-        """Restore a store written by ``save``; new ids continue after the saved ``next_id``."""
+        """Restore a store written by ``save``; new ids continue after the saved ``next_id``.
+
+        Raises:
+            StoreError: the directory is not a save, or a file is truncated, corrupted or edited (named).
+            FileNotFoundError: ``path`` does not exist.
+        """
         src = Path(path)
-        if not (src / "store.json").is_file():
-            raise FileNotFoundError(f"{src}: not a saved MemoryStore (no store.json)")
-        meta = json.loads((src / "store.json").read_text())
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"{src}: store format {meta.get('format')} is not the supported {_FORMAT}")
+        if not (src / POINTER).exists() and (src / "store.json").is_file():
+            return cls._read(src, embedder)  # a format-1 save (files in the directory itself, no manifest)
+        return read_version(src, lambda version: cls._read(version, embedder))
+
+    @classmethod
+    def _read(cls, src: Path, embedder: Embedder) -> MemoryStore:
+        where = f"{src.parent}: {src.name}/"
+        try:
+            meta = json.loads((src / "store.json").read_text(encoding="utf-8"))
+            if meta.get("format") not in (1, _FORMAT):
+                raise StoreError(f"{where}store.json: store format {meta.get('format')} is not the supported {_FORMAT}")
+            ids, texts = [int(i) for i in meta["ids"]], meta["texts"]
+            config, next_id, has_index = MemoryConfig(**meta["config"]), int(meta["next_id"]), meta["has_index"]
+            if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts) or len(texts) != len(ids):
+                raise StoreError(f"{where}store.json: 'texts' must be {len(ids)} strings, one per id")
+        except (ValueError, KeyError, TypeError) as exc:
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"{where}store.json is not a MemoryStore description ({exc!r})") from None
         if int(embedder.dim) != meta["dim"]:
-            raise ValueError(
-                f"{src}: the store holds {meta['dim']}-d vectors but the embedder makes {embedder.dim}-d "
+            raise StoreError(
+                f"{where}store.json: the store holds {meta['dim']}-d vectors but the embedder makes {embedder.dim}-d "
                 "ones; load it with the embedder it was saved with"
             )
-        store = cls(embedder, MemoryConfig(**meta["config"]))
-        ids, texts = [int(i) for i in meta["ids"]], meta["texts"]
-        vecs = np.load(src / "vectors.npy", allow_pickle=False)
-        if vecs.shape != (len(ids), store.dim) or len(texts) != len(ids):
-            raise ValueError(f"{src}: vectors.npy {vecs.shape} does not fit {len(ids)} ids, dim {store.dim}")
+        store = cls(embedder, config)
+        try:
+            vecs = np.load(src / "vectors.npy", allow_pickle=False)
+        except (ValueError, EOFError, OSError) as exc:
+            raise StoreError(f"{where}vectors.npy is not a float array file ({exc}); the save is damaged") from None
+        if vecs.shape != (len(ids), store.dim):
+            raise StoreError(f"{where}vectors.npy {vecs.shape} does not fit {len(ids)} ids, dim {store.dim}")
         store._reserve_rows(len(ids))
         store._vecs[: len(ids)] = vecs
         store._slot_ids[: len(ids)] = ids
         store._slot = {i: row for row, i in enumerate(ids)}
         store._texts = dict(zip(ids, texts))
-        store._next_id = int(meta["next_id"])
-        if meta["has_index"]:
+        store._next_id = next_id
+        if has_index:
             index = hnswlib.Index(space="ip", dim=store.dim)
-            index.load_index(str(src / "index.bin"))
+            try:
+                index.load_index(str(src / "index.bin"))
+            except RuntimeError as exc:
+                raise StoreError(f"{where}index.bin is not an hnswlib index ({exc}); the save is damaged") from None
             index.set_ef(store.cfg.ef_search)  # save_index does not keep ef
             labels = [int(x) for x in meta["labels"]]
             if len(labels) != len(ids) or not set(labels) <= set(index.get_ids_list()):
-                raise ValueError(f"{src}: index.bin lacks some stored labels; the save is inconsistent")
+                raise StoreError(f"{where}index.bin lacks some labels of store.json; the save is inconsistent")
             store._index = index
             store._label = dict(zip(ids, labels))
             store._owner = dict(zip(labels, ids))

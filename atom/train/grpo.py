@@ -87,6 +87,11 @@ class GRPOConfig:
         for name in ("group_size", "prompts_per_step", "max_steps", "updates_per_batch", "micro_batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"grpo.{name} must be > 0, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise ValueError(
+                f"grpo.group_size must be >= 2, got {self.group_size}: the advantage is a reward minus its group's "
+                "mean, so a group of one has advantage 0 and GRPO learns nothing"
+            )
         if self.dual_clip and self.dual_clip <= 1:
             raise ValueError(f"grpo.dual_clip must be > 1 (or 0 = off), got {self.dual_clip}")
 

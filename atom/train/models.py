@@ -91,7 +91,22 @@ def _source(cfg: ModelConfig) -> tuple[str, str | None]:
         return str(path.parent), path.name
     if cfg.gguf_file:
         return str(path), cfg.gguf_file
+    check_model_dir(name, "model.name_or_path")
     return name, None
+
+
+def check_model_dir(name: str, key: str) -> None:
+    """Raise FileNotFoundError naming ``key`` when ``name`` is a local path but not a saved transformers model
+    (transformers would answer with a hub-id or tokenizer-backend error that names neither)."""
+    path = Path(name).expanduser()
+    hint = "point it at a saved model directory (e.g. runs/<name>/policy), a .gguf file, or a hub id"
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{key}={name!r}: the directory has no config.json (not a saved model); {hint}")
+    elif path.exists():
+        raise FileNotFoundError(f"{key}={name!r} is a file but not a .gguf; {hint}")
+    elif name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name:  # hub ids are "owner/name"
+        raise FileNotFoundError(f"{key}={name!r}: no such directory; {hint}")
 
 
 def _cached(cfg: ModelConfig, source: str, gguf: str) -> Path:

@@ -22,6 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 from atom.agent.hf_policy import centre_truncate, encode_prompt
 from atom.agent.rollout import Trajectory
 from atom.data.datamodule import EpochShuffler
+from atom.data.records import DataError
+from atom.train.preemption import ResumableLoader
 from atom.train.sharding import RankZeroState, is_fsdp, meta_copy, unshard
 from atom.train.trainer import adamw_with_warmup, clip_grad_norm
 
@@ -84,7 +86,7 @@ def read_demos(path: str | Path, min_reward: float) -> list[dict]:
                 reward = float(row["reward"])
                 turns = [(t["messages"], str(t["completion"])) for t in row["turns"]]
             except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}:{lineno}: not a trajectory record ({exc!r})") from exc
+                raise DataError(f"{path}:{lineno}: not a trajectory record ({exc!r})") from exc
             if reward >= min_reward:
                 demos += [{"messages": m, "completion": c, "reward": reward} for m, c in turns]
     return demos
@@ -144,7 +146,7 @@ class DemoDataModule(L.LightningDataModule):
         self.setup()
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         sampler = EpochShuffler(len(self.dataset), self.seed, self.batch_size, rank, world)
-        return DataLoader(
+        return ResumableLoader(  # exact resume from a checkpoint saved mid-epoch (on SIGTERM)
             self.dataset, batch_size=self.batch_size, sampler=sampler,
             collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id),
         )  # fmt: skip

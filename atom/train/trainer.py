@@ -10,7 +10,6 @@ shards (torch.distributed.checkpoint) plus ``meta.pt``, otherwise one file.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+
+from atom.train.preemption import SaveOnSignal, resume_checkpoint, save_swapped
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class TrainerConfig:
     log_every: int = 1  # optimizer steps between logged scalars
     resume: bool = True  # continue a stage from <run>/checkpoints/<stage>/last.ckpt when it exists
     keep_checkpoints: int = 2  # periodic checkpoints kept besides last.ckpt (the newest); 0 = last.ckpt only
+    resume_intact: bool = False  # if last.ckpt is damaged, resume from the newest intact periodic one (else stop)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -67,8 +69,15 @@ def checkpoint_path(run_dir: str | Path, stage: str) -> Path:
 
 
 def resume_path(cfg: TrainerConfig, run_dir: str | Path, stage: str) -> str | None:
-    path = checkpoint_path(run_dir, stage)
-    return str(path) if cfg.resume and path.exists() else None
+    last = checkpoint_path(run_dir, stage)
+    if not cfg.resume:
+        if last.parent.is_dir() and any(last.parent.iterdir()):
+            log.warning(
+                "trainer.resume=false: %s starts over; its checkpoints in %s will be replaced", stage, last.parent
+            )
+        return None
+    path = resume_checkpoint(last, cfg.resume_intact)
+    return str(path) if path is not None else None
 
 
 class LastCheckpoint(Checkpoint):
@@ -81,19 +90,7 @@ class LastCheckpoint(Checkpoint):
         self.path = path
 
     def save(self, trainer: L.Trainer) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        trainer.save_checkpoint(tmp)
-        trainer.strategy.barrier("last_checkpoint")
-        if trainer.is_global_zero:
-            old = self.path.with_name(self.path.name + ".old")
-            if self.path.exists():
-                self.path.rename(old)
-            tmp.rename(self.path)
-            if old.is_dir():
-                shutil.rmtree(old)
-            elif old.exists():
-                old.unlink()
-        trainer.strategy.barrier("last_checkpoint_swapped")
+        save_swapped(trainer, self.path)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -116,9 +113,10 @@ def build_trainer(cfg: TrainerConfig, run_dir: str | Path, stage: str, every_n_e
                 mode="max",
                 save_last=False,
                 save_on_train_epoch_end=True,  # not after validation: GRPO validates only every grpo.val_every steps
+                enable_version_counter=False,  # the run lock keeps writers out: replace, never -v1
             )  # fmt: skip
         )
-    callbacks.append(LastCheckpoint(dirpath / "last.ckpt"))
+    callbacks += [LastCheckpoint(dirpath / "last.ckpt"), SaveOnSignal(dirpath / "last.ckpt")]
     return L.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
