@@ -214,7 +214,8 @@ def _episode(ep: str, method: str, traj: Trajectory, sample: LongContextSample, 
     qs = []
     for q, pred, answers, em in zip(sample.questions, r.predictions, sample.answers, r.em):
         qs.append(
-            f'<li>{escape(q)} &rarr; <span class="{"ok" if em else "bad"}">{escape(pred)}</span> '
+            f'<li>{escape(q)} &rarr; <span class="{"ok" if em else "bad"}">'
+            f"{'(no answer)' if pred is None else escape(pred)}</span> "
             f"(gold: {escape(' | '.join(answers))})</li>"
         )
     turns, query = [], ""  # the query in force before a turn is the one whose results its prompt showed
