@@ -110,9 +110,9 @@ def ablation_table(results: Sequence[Result], curves: dict[str, Curves]) -> str:
         rs = groups[key]
         mean = {k: sum(r.summary[k] for r in rs) / len(rs) for k in ("em", "f1", "invalid_per_episode")}
         ops = {op: sum(r.summary["ops_per_episode"].get(op, 0.0) for r in rs) / len(rs) for op in paper.OPS_PER_TURN}
-        c = curves.get(key[3])
+        c = curves.get(key[3]) if "grpo" in key[1] or key[1] == "rl" else None  # rows evaluated after GRPO
         ours = _first_last(rollout_steps(c, "grpo/reward")[1]) if c else "-"
-        ref = paper.REWARD_CURVES.get(key[2])
+        ref = paper.REWARD_CURVES.get(key[2]) if c else None
         theirs = f"{ref[1]:.2f} -> {ref[2]:.2f} ({ref[0]}, ~{ref[3]} steps)" if ref else "-"
         lines.append(
             f"| {key[2]} | {REMOVES.get(key[2], key[2])} | {key[3]} | {key[1] or '-'} | {len(rs)} "
