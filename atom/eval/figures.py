@@ -20,6 +20,7 @@ from atom.eval.runs import Curves, Result, ops_per_turn, rollout_steps, store_si
 from atom.eval.tables import columns, row_key, row_name  # noqa: E402
 
 DPI = 80
+MARKERS = "osD^vP*X"  # lines that coincide (e.g. two baselines at 0 EM) stay distinguishable
 
 
 def _save(fig, path: Path) -> Path:
@@ -40,13 +41,18 @@ def em_vs_docs(results: Sequence[Result], path: Path) -> Path | None:
         for r in results:
             if r.dataset == dataset:
                 lines.setdefault(row_key(r), {})[r.num_docs] = r.summary["em"]
-        for key, points in sorted(lines.items()):
+        for i, (key, points) in enumerate(sorted(lines.items())):
             xs = sorted(points)
-            ax.plot(xs, [points[x] for x in xs], marker="o", label=f"{row_name(key)} · {key[3]}")
+            ax.plot(xs, [points[x] for x in xs], marker=MARKERS[i % len(MARKERS)], markersize=7 - i % 3,
+                    label=f"{row_name(key)} · {key[3]}")  # fmt: skip
         ax.set_title(dataset)
         ax.set_xlabel("documents per sample")
         ax.set_ylabel("EM (%)")
         ax.set_xscale("log", base=2)
+        ticks = sorted({r.num_docs for r in results if r.dataset == dataset})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return _save(fig, path)
