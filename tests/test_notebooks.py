@@ -24,8 +24,12 @@ def test_notebook_is_stored_without_outputs(path):
 # Per notebook: extra tiny settings, the files it must write, and text its outputs must print.
 TINY_EXTRA = {
     "training_dynamics.ipynb": ["run.stages=[grpo]", "grpo.max_steps=2"],  # two points per curve
-    "length_scaling.ipynb": ["sweep.datasets=[hotpotqa]", f"sweep.paths.hotpotqa={FIXTURE_FILES['hotpotqa']}",
-                             "sweep.num_docs=[4,8]", "eval.methods=[oracle]"],
+    "length_scaling.ipynb": [
+        "sweep.datasets=[hotpotqa]",
+        f"sweep.paths.hotpotqa={FIXTURE_FILES['hotpotqa']}",
+        "sweep.num_docs=[4,8]",
+        "eval.methods=[oracle]",
+    ],
 }
 EXPECTED = {
     "ablations.ipynb": (["ablations.png", "no_update_vs_no_scratchpad.png"],

@@ -11,10 +11,11 @@ import atom.sweep
 from atom.config import load_config, save_config
 from atom.eval.runs import find_results, read_curves, variant_of
 from atom.report import build
-from tests.test_experiments import TINY
+
+from .conftest import TINY_EXPERIMENT
 
 # The oracle needs no model: a sweep of it is fast and its EM is high and varies with the cell.
-SWEEP = TINY + ["eval.methods=[oracle]", "sweep.num_docs=[4,6]", "sweep.label=teacher", "eval.max_samples=2"]
+SWEEP = TINY_EXPERIMENT + ["eval.methods=[oracle]", "sweep.num_docs=[4,6]", "sweep.label=teacher", "eval.max_samples=2"]
 
 
 def sweep(tmp_path, *extra):

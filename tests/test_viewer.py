@@ -12,13 +12,12 @@ from atom.agent.oracle import OraclePolicy
 from atom.agent.rollout import Reply, RolloutEngine, atommem_episode
 from atom.agent.trace import CREATED, DELETED, INVALID, UPDATED
 from atom.data.chunker import TokenChunker
-from atom.data.datamodule import DataConfig
+from atom.data.loaders import DataConfig
 from atom.data.longcontext import build_samples
 from atom.data.synthetic import SyntheticConfig, generate
 from atom.eval.safe_html import action_spans, escape
 from atom.eval.viewer import write_viewer
-from atom.memory.embedder import HashEmbedder
-from atom.memory.store import MemoryConfig
+from atom.memory.embedder import HashEmbedder, MemoryConfig
 from atom.train.models import ModelConfig, load_tokenizer
 
 MEM = MemoryConfig(embedder="hash", hash_dim=64)
@@ -32,13 +31,13 @@ class ScriptedPolicy:
     def __init__(self, script: list[str]):
         self.script = script
 
-    def act(self, episodes, messages):
+    def act(self, observations):
         out = []
-        for e in episodes:
-            if e.phase == "answer":
+        for o in observations:
+            if o.view.phase == "answer":
                 out.append(Reply("<answer>unknown</answer>"))
             else:
-                out.append(Reply(self.script[min(e.chunk_index, len(self.script) - 1)]))
+                out.append(Reply(self.script[min(o.view.chunk_index, len(self.script) - 1)]))
         return out
 
 

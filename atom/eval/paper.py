@@ -1,13 +1,13 @@
 """The AtomMem paper's published figures that atom's report puts beside its own, each with where it comes from.
 
-Only figures known here are listed (REFERENCE.md: summaries of the paper and the release's repository). Per-cell
+Only figures known here are listed (from summaries of the paper and the figures of its released code). Per-cell
 EM of the main table is not among them, so the report shows the paper's averages only. Reward curves are known by
 their endpoints over about 100 GRPO steps; the report draws them as straight dashed segments, labelled as such.
 """
 
 from __future__ import annotations
 
-SOURCE = "AtomMem paper (Huo et al., arXiv 2601.08323), Qwen3-8B, as quoted in the project's REFERENCE.md"
+SOURCE = "AtomMem paper (Huo et al., arXiv 2601.08323), Qwen3-8B, as quoted by summaries of the paper"
 SCORER = "exact match of the \\boxed{} answer (the release's rule scorer)"
 GRID = "HotpotQA, 2WikiMultihopQA, MuSiQue x {200, 400, 800} documents"
 

@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from atom.agent import trace as tr
+from atom.agent.rewards import normalize_answer
 from atom.agent.rollout import Trajectory, Turn
 from atom.data.longcontext import LongContextSample
-from atom.eval.metrics import normalize_answer
 from atom.eval.safe_html import action_spans, attr, escape, find_all, highlight
 from atom.memory.store import Entry
 
