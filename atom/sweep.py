@@ -20,9 +20,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from atom import pipeline
 from atom.config import Config, load_config, save_config, to_yaml
 from atom.data.datamodule import AtomDataModule
-from atom.eval.harness import evaluate
 from atom.eval.runs import find_results
 from atom.eval.sweep import Cell, SweepConfig, cells, collect, finished
 from atom.eval.tables import main_table
@@ -47,37 +47,35 @@ def _check_same(cfg: Config, cell_dir: Path) -> None:
 
 def run(cfg: Config, progress: bool = True) -> Path:
     """Evaluate every unfinished cell; returns the sweep's ``results.json``."""
-    from atom.fit import Pipeline  # the model, tokenizer, embedder and chunker, built as atom.fit builds them
-
     root = cfg.run.dir / "sweep"
     if cfg.eval.checkpoint:  # a saved policy replaces model.name_or_path, as in atom.evaluate
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name_or_path=cfg.eval.checkpoint,
                                                                  gguf_file=""))  # fmt: skip
     save_config(cfg, root)
     grid = cells(cfg.sweep, cfg.data.dataset, cfg.data.path, cfg.data.num_docs)
-    pipeline = None
+    pieces, model = None, None  # built once, at the first unfinished cell: the policy is loaded once
     for cell in (bar := tqdm(grid, desc="sweep cells", unit="cell", disable=not progress)):
         bar.set_postfix_str(f"{cell.dataset} {cell.num_docs} docs")
         ccfg = cell_config(cfg, cell)
         _check_same(ccfg, cell.dir(root))
         if finished(cell, root):
             continue
-        if pipeline is None:
-            pipeline = Pipeline(ccfg, with_model=any(m != "oracle" for m in cfg.eval.methods))
-        data = AtomDataModule(ccfg.data)
-        data.setup()
-        samples = data.val_samples[: cfg.eval.max_samples or None]
+        if pieces is None:
+            pieces = pipeline.build(ccfg)
+            model = pipeline.load_policy(pieces) if any(m != "oracle" for m in cfg.eval.methods) else None
+        else:
+            data = AtomDataModule(
+                ccfg.data, prompts_per_step=cfg.grpo.prompts_per_step, val_samples=cfg.grpo.val_samples
+            )
+            data.setup()
+            pieces = dataclasses.replace(pieces, cfg=ccfg, data=data)
         partial = cell.dir(root).with_name(f"{cell.num_docs}.partial")
         shutil.rmtree(partial, ignore_errors=True)
-        evaluate(
-            samples, cfg.eval.methods, agent=cfg.agent, ecfg=cfg.eval, sampling=cfg.sampling,
-            chunker=pipeline.chunker, embedder=pipeline.embedder, memory_cfg=cfg.memory, model=pipeline.model,
-            tokenizer=pipeline.tokenizer, window_tokens=pipeline.window, out_dir=partial, progress=progress,
-        )  # fmt: skip
+        pipeline.evaluate(model, pieces, partial, progress=progress)
         save_config(ccfg, partial)
         shutil.rmtree(cell.dir(root), ignore_errors=True)  # an unfinished leftover (no results.json)
         partial.rename(cell.dir(root))
-        log.info("cell %s/%d: %d samples done", cell.dataset, cell.num_docs, len(samples))
+        log.info("cell %s/%d done", cell.dataset, cell.num_docs)
     out = root / "results.json"
     out.write_text(json.dumps({"label": cfg.sweep.label, "cells": collect(root)}, indent=2))
     (root / "results.md").write_text(main_table([r for r in find_results(cfg.run.dir) if "sweep" in r.path.parts])

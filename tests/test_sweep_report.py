@@ -34,10 +34,13 @@ def test_sweep_fills_the_grid_then_resumes_without_rerunning(tmp_path, monkeypat
     assert "synthetic 4" in (out.parent / "results.md").read_text()
 
     calls = []
-    real = atom.sweep.evaluate
-    monkeypatch.setattr(
-        atom.sweep, "evaluate", lambda samples, *a, **k: calls.append(k["out_dir"]) or real(samples, *a, **k)
-    )
+    real = atom.sweep.pipeline.evaluate
+
+    def counting(model, pieces, out_dir, progress=True):
+        calls.append(out_dir)
+        return real(model, pieces, out_dir, progress)
+
+    monkeypatch.setattr(atom.sweep.pipeline, "evaluate", counting)
     atom.sweep.run(cfg, progress=False)
     assert calls == []  # finished cells are not re-run
     atom.sweep.run(sweep(tmp_path, "sweep.num_docs=[4,6,8]"), progress=False)
