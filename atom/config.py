@@ -26,6 +26,7 @@ from atom.agent.hf_policy import SamplingConfig
 from atom.data.loaders import DataConfig
 from atom.errors import AtomError
 from atom.eval.harness import EvalConfig
+from atom.eval.sweep import SweepConfig
 from atom.memory.embedder import MemoryConfig
 from atom.train.grpo import GRPOConfig
 from atom.train.models import ModelConfig
@@ -69,6 +70,7 @@ class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)  # episode rules and ablation switches
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # rollout decoding (GRPO; eval overrides T)
     eval: EvalConfig = field(default_factory=EvalConfig)  # methods and settings of the evaluation table
+    sweep: SweepConfig = field(default_factory=SweepConfig)  # datasets x document counts (python -m atom.sweep)
     sft: SFTConfig = field(default_factory=SFTConfig)  # supervised cold start on demonstrations
     grpo: GRPOConfig = field(default_factory=GRPOConfig)  # reinforcement learning stage
     trainer: TrainerConfig = field(default_factory=TrainerConfig)  # Lightning devices, strategy, precision, resume

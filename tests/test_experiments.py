@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -38,8 +39,7 @@ def test_yaml_loads_strictly_and_header_names_its_command(path):
     head = path.read_text().splitlines()[0]
     rel = path.relative_to(ROOT).as_posix()
     assert head.startswith("# python -m atom.") and rel in head, f"{rel}: first line must be its command"
-    entry = "atom.evaluate" if "atom.evaluate" in head else "atom.fit"
-    if entry == "atom.evaluate":
+    if "atom.evaluate" in head or "atom.sweep" in head:
         assert cfg.eval.methods
 
 
@@ -56,11 +56,23 @@ def test_yaml_data_path_exists(path, monkeypatch):
 def test_yaml_smoke_runs_with_a_tiny_overlay(path, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # data paths in the YAMLs are relative to the repository root, like the README's commands
     cfg = load_config(path, TINY_EXPERIMENT + local_data(path) + [f"run.out_dir={tmp_path}"])
-    if "atom.evaluate" in path.read_text().splitlines()[0]:
+    head = path.read_text().splitlines()[0]
+    if "atom.evaluate" in head:
         from atom.evaluate import run
 
         rows = run(cfg, progress=False)
         assert set(rows) == set(cfg.eval.methods)
+    elif "atom.sweep" in head:
+        from atom.sweep import run
+
+        grid = [f"sweep.paths.{d}={FIXTURE_FILES[d]}" for d in cfg.sweep.datasets if d in FIXTURE_FILES]
+        grid += ["sweep.num_docs=[4]", "eval.methods=[atommem]", f"run.out_dir={tmp_path}"]
+        cfg = load_config(path, TINY_EXPERIMENT + local_data(path) + grid)
+        cells = json.loads(run(cfg, progress=False).read_text())["cells"]
+        assert {c["dataset"] for c in cells} == set(cfg.sweep.datasets)
+        assert all(set(c["methods"]) == set(cfg.eval.methods) for c in cells)
+        assert (cfg.run.dir / "sweep" / "config.yaml").is_file()
+        return
     else:
         table = fit(cfg)
         if "eval" in cfg.run.stages:

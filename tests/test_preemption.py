@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from atom import pipeline
 from atom.config import load_config
 from atom.errors import AtomError, Interrupted
-from atom import pipeline
 from atom.train.sft import SFTModule
 
 from .test_sft import SFT_TINY

@@ -34,7 +34,7 @@ from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
-from atom.agent import prompts
+from atom.agent import prompts, trace
 from atom.agent.actions import Action, parse_actions
 from atom.agent.rewards import normalize_answer, score_questions
 from atom.data.longcontext import LongContextSample
@@ -248,6 +248,7 @@ class AtomMemEpisode:
         self.stored_at_end: list[str] | None = None
         self._pending: list[Action] = []
         self._shown: list[Entry] | None = None  # this turn's read results, once read (None: not yet this turn)
+        self.recorder = trace.TraceRecorder()  # per-turn effects and state, for the trajectory viewer
 
     @property
     def done(self) -> bool:
@@ -310,16 +311,23 @@ class AtomMemEpisode:
         self.stats.llm_calls += 1
         parsed = parse_actions(reply, max_text_chars=self.cfg.action_max_chars)
         self.stats.invalid.update(parsed.invalid)
+        for kind, n in parsed.invalid.items():
+            for _ in range(n):
+                self.recorder.invalid(kind, "malformed or unknown tag (grammar: atom/agent/actions.py)")
         allowed = self.cfg.read_phase_ops if self.phase == READ else self._answer_ops()
         live = set(self.store.ids())
         valid: list[Action] = []
         for action in parsed.actions:
             if action.kind not in allowed:
                 self.stats.invalid[action.kind] += 1
+                self.recorder.invalid(action.kind, f"not allowed in the {self.phase} phase here", action.id,
+                                      action.text)  # fmt: skip
                 continue
             if action.kind in ("update", "delete"):
                 if action.id not in live:
                     self.stats.invalid[action.kind] += 1
+                    self.recorder.invalid(action.kind, f"id {action.id} is not a live store entry", action.id,
+                                          action.text)  # fmt: skip
                     continue
                 if action.kind == "delete":
                     live.discard(action.id)
@@ -345,7 +353,9 @@ class AtomMemEpisode:
         pending, self._pending = self._pending, []
         shown = self._results() or []  # what this turn showed, before the actions change the store
         vecs = iter(vectors if vectors is not None else [None] * len(pending))
+        phase, chunk, question = self.phase, self.chunk_index, self.question_index
         for action in pending:
+            self.recorder.note(self._effect(action))
             if action.kind == "create":
                 self.store.create(action.text, vector=next(vecs))
             elif action.kind == "update":
@@ -362,7 +372,26 @@ class AtomMemEpisode:
                 self.predictions[self.question_index] = action.text
             self.stats.ops[action.kind] += 1
         self._shown = None
+        self.recorder.close(
+            phase, chunk if phase == READ else None, question if phase == ANSWER else None, shown,
+            self.store.entries(), self.scratchpad if self.cfg.use_scratchpad else None, self.query,
+        )  # fmt: skip
         self._advance([a.kind for a in pending], shown)
+
+    def _effect(self, action: Action) -> trace.Effect:
+        """What ``action`` is about to do, with the text it replaces (read before the store changes)."""
+        if action.kind == "create":
+            return trace.Effect("create", trace.CREATED, self.store.next_id, action.text)
+        if action.kind in ("update", "delete"):
+            status = trace.UPDATED if action.kind == "update" else trace.DELETED
+            return trace.Effect(action.kind, status, action.id, action.text, old_text=self.store.get(action.id))
+        status = {"read": trace.READ_SET, "scratchpad": trace.SCRATCHPAD_SET, "answer": trace.ANSWERED}[action.kind]
+        return trace.Effect(action.kind, status, text=action.text)
+
+    @property
+    def last_trace(self) -> trace.TurnTrace | None:
+        """The trace of the last committed turn (the rollout engine attaches it to the recorded turn)."""
+        return self.recorder.turns[-1] if self.recorder.turns else None
 
     def step(self, reply: str) -> None:
         """observe + commit with the store's own embedder (one episode at a time)."""

@@ -28,6 +28,7 @@ from atom.agent.episode import (
     SampleCache,
 )
 from atom.agent.prompts import Messages
+from atom.agent.trace import TurnTrace
 from atom.data.chunker import TokenChunker
 from atom.data.longcontext import LongContextSample
 from atom.memory.embedder import Embedder, MemoryConfig
@@ -52,6 +53,7 @@ class Turn:
     phase: str  # "read" or "answer" (baselines: their own phase names)
     messages: Messages  # the prompt as chat messages (SFT demonstrations are built from these)
     reply: Reply
+    trace: TurnTrace | None = None  # effects of the actions and state after the turn (AtomMem episodes; viewer)
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -168,7 +170,7 @@ class RolloutEngine:
         for e, v in zip(episodes, vectors):
             e.commit(v)
         for e, r, o, p, ts in zip(episodes, replies, observations, phases, turns):
-            ts.append(Turn(p, o.messages, r))
+            ts.append(Turn(p, o.messages, r, getattr(e, "last_trace", None)))
             e.stats.truncated_prompts += r.truncated
             if r.prompt_ids is not None:
                 e.stats.prompt_tokens += len(r.prompt_ids)

@@ -100,7 +100,8 @@ def evaluate(
         log.info("%s: EM %.1f F1 %.1f", method, rows[method]["em"], rows[method]["f1"])
     if out_dir is not None:
         write_results(out_dir, rows, trajectories, {"samples": len(samples), "methods": list(methods)})
-        write_viewer(Path(out_dir) / "trajectories.html", trajectories, samples)
+        chunks_of = lambda s: [c.text for c in chunker.chunks(s.context)]  # noqa: E731
+        write_viewer(Path(out_dir) / "trajectories.html", trajectories, samples, chunks_of=chunks_of)
     return rows, trajectories
 
 

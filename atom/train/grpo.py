@@ -284,6 +284,7 @@ class GRPOModule(L.LightningModule):
             "grpo/truncated_prompts": summary["truncated_prompts_per_episode"],
             "memory/store_size": summary["mean_store_size"],
             "memory/invalid_actions": summary["invalid_per_episode"],
+            "memory/turns_per_episode": summary["llm_calls_per_episode"],  # report: operations per turn
             "time/rollout": rollout_s,
             "time/update": update_s,
             "time/rollout_tokens_per_s": engine.stats.completion_tokens / max(rollout_s, 1e-9),
