@@ -53,7 +53,10 @@ class Pipeline:
         self.model = load_model(cfg.model, seed=cfg.run.seed) if with_model else None
         self.window = context_window(cfg.model, self.model) if with_model else cfg.model.max_context_tokens or 8192
         self.embedder = build_embedder(cfg.memory)
-        self.chunker = TokenChunker(self.tokenizer, cfg.data.chunk_tokens, cfg.data.chunk_overlap, cfg.data.max_chunks)
+        self.chunker = TokenChunker(
+            self.tokenizer, cfg.data.chunk_tokens, cfg.data.chunk_overlap, cfg.data.max_chunks,
+            cfg.data.chunk_margin, cfg.data.max_context_tokens,
+        )  # fmt: skip
         self.trained: list[str] = []  # training stages run so far on self.model
 
     @property
@@ -76,7 +79,9 @@ class Pipeline:
             self.model = model
 
     def engine(self, policy) -> RolloutEngine:
-        return RolloutEngine(policy, self.embedder, self.chunker, self.cfg.memory, atommem_episode(self.cfg.agent))
+        return RolloutEngine(
+            policy, self.embedder, self.chunker, self.cfg.memory, atommem_episode(self.cfg.agent, self.tokenizer)
+        )
 
     @property
     def max_prompt_tokens(self) -> int:

@@ -31,4 +31,4 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     assert (tmp_path / "ablations.png").is_file()
     printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
-    assert "no_scratchpad" in printed and "| method | EM |" in printed
+    assert "no_scratchpad" in printed and "| method | EM (SQuAD) |" in printed

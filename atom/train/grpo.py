@@ -310,6 +310,7 @@ class GRPOModule(L.LightningModule):
         }
         for op in ("create", "read", "update", "delete"):
             logs[f"memory/{op}_per_episode"] = summary["ops_per_episode"].get(op, 0.0)
+            logs[f"memory/{op}_per_turn"] = summary["ops_per_turn"].get(op, 0.0)  # the paper's usage figure
         logs.update(metrics)
         # Means over ranks (each rank's scalars describe its own share of the rollout batch).
         self.log_dict(
@@ -440,7 +441,7 @@ class GRPOModule(L.LightningModule):
             return {}
         engine = self.make_engine(self._policy(dataclasses.replace(self.sampling, temperature=0.0)))
         summary = summarize(engine.run(self._rank_share(self.val_samples)), 0.0)
-        out = {"val/em": summary["em"], "val/f1": summary["f1"]}
+        out = {"val/em": summary["em"], "val/f1": summary["f1"], "val/release_em": summary["release_em"]}
         self.log_dict(out, on_step=True, batch_size=1, sync_dist=self.trainer.world_size > 1)
         return out
 
