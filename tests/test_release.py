@@ -5,31 +5,32 @@ from __future__ import annotations
 
 import pytest
 
-from atom.agent.episode import ANSWER, DONE, READ, AgentConfig, Episode
+from atom.agent.episode import ANSWER, DONE, READ, AgentConfig, AtomMemEpisode
 from atom.agent.oracle import OraclePolicy
 from atom.agent.release import INITIAL_QUERY, NO_MEMORY, ReleaseRules, parse_release, to_release_reply
 from atom.agent.rollout import RolloutEngine, atommem_episode
 from atom.data.chunker import TokenChunker
-from atom.data.datamodule import DataConfig
-from atom.data.loaders import load_records
+from atom.data.loaders import DataConfig, load_records
 from atom.data.longcontext import build_samples
 from atom.eval.report import summarize
-from atom.memory.embedder import HashEmbedder
-from atom.memory.store import Entry, MemoryConfig, MemoryStore
-from tests.test_episode import make_sample
-from tests.test_oracle import DATA, FILES, TOK
+from atom.memory.embedder import HashEmbedder, MemoryConfig
+from atom.memory.store import Entry, MemoryStore
+
+from .conftest import REAL_FILES
+from .test_episode import make_sample
+from .test_oracle import TOK
 
 MEM = MemoryConfig(embedder="hash", hash_dim=256)
 RELEASE = dict(protocol="release", max_llm_calls=41, scratchpad_max_chars=0)
 
 
-def episode(chunks=("chunk zero", "chunk one", "chunk two"), **agent) -> Episode:
+def episode(chunks=("chunk zero", "chunk one", "chunk two"), **agent) -> AtomMemEpisode:
     cfg = AgentConfig(**{**RELEASE, **agent})
     sample = make_sample(("Where is the tower?", "Where is the bridge?"), (("Paris",), ("Rome",)))
-    return Episode(sample, list(chunks), MemoryStore(HashEmbedder(64), MEM), cfg, ReleaseRules())
+    return AtomMemEpisode(sample, list(chunks), MemoryStore(HashEmbedder(64), MEM), cfg, ReleaseRules())
 
 
-def user(ep: Episode) -> str:
+def user(ep: AtomMemEpisode) -> str:
     return ep.messages()[1]["content"]
 
 
@@ -53,7 +54,7 @@ def test_chunk_advances_only_on_add_or_modify() -> None:
 
 def test_atom_protocol_consumes_a_chunk_every_turn() -> None:
     cfg = AgentConfig()
-    ep = Episode(make_sample(), ["a", "b", "c"], MemoryStore(HashEmbedder(64), MEM), cfg)
+    ep = AtomMemEpisode(make_sample(), ["a", "b", "c"], MemoryStore(HashEmbedder(64), MEM), cfg)
     ep.step("<read>where</read>")
     ep.step("no tags")
     assert ep.chunk_index == 2
@@ -66,7 +67,7 @@ def test_placeholder_query_shows_memories_as_soon_as_the_store_has_any() -> None
     text = user(ep)  # no query was ever written, yet the top-k of the placeholder query are shown
     assert "Memory 1: " in text and "Memory 2: " in text and ep.query == INITIAL_QUERY
     # Under atom's protocol nothing is shown until a Read.
-    atom = Episode(make_sample(), ["a", "b"], MemoryStore(HashEmbedder(64), MEM), AgentConfig())
+    atom = AtomMemEpisode(make_sample(), ["a", "b"], MemoryStore(HashEmbedder(64), MEM), AgentConfig())
     atom.step("<create>The tower is in Paris.</create>")
     assert "Memory [id" not in atom.messages()[1]["content"]
 
@@ -123,13 +124,11 @@ def test_release_windows_and_centre_truncation() -> None:
     assert [c.text.split() for c in chunks] == [["w0", "w1", "w2", "w3", "w8"], ["w3", "w8", "w9", "w10", "w11"]]
 
 
-@pytest.mark.slow
+@pytest.mark.realdata
 @pytest.mark.parametrize("protocol", ["atom", "release"])
-@pytest.mark.parametrize("dataset", sorted(FILES))
+@pytest.mark.parametrize("dataset", sorted(REAL_FILES))
 def test_oracle_em_is_100_under_both_protocols_at_200_documents(dataset: str, protocol: str) -> None:
-    path = DATA / FILES[dataset]
-    if not path.is_file():
-        pytest.skip(f"real data sample {path} absent (see ../shared/data)")
+    path = REAL_FILES[dataset]
     cfg = DataConfig(dataset=dataset, path=str(path), num_docs=200, seed=0)
     samples = build_samples(load_records(cfg), cfg)[:8]
     if protocol == "release":
@@ -166,8 +165,8 @@ def test_release_ablation_switches() -> None:
     assert len(ltm.store) == 1 and ltm.stats.invalid["delete"] == 1
     sample = make_sample()
     chunks = [sample.context, "nothing"]
-    alladd = Episode(sample, chunks, MemoryStore(HashEmbedder(64), MEM), AgentConfig(**RELEASE, store_documents=True),
-                     ReleaseRules())  # fmt: skip
+    cfg = AgentConfig(**RELEASE, store_documents=True)
+    alladd = AtomMemEpisode(sample, chunks, MemoryStore(HashEmbedder(64), MEM), cfg, ReleaseRules())
     alladd.step("<add_memory>A note.</add_memory>")
     assert sorted(e.text for e in alladd.store.entries()) == [
         "A note.", "Alden Voss\nAlden Voss was born in Marrow Creek."

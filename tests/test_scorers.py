@@ -4,8 +4,8 @@ last_boxed_only_string, remove_boxed, strip_string, parse_final_answer, the mult
 from __future__ import annotations
 
 import pytest
-from atom.eval.metrics import exact_match
 
+from atom.agent.rewards import exact_match
 from atom.agent.scorers import (
     release_answer_text,
     release_boxed,
