@@ -82,7 +82,9 @@ class Pieces:
         return self.window(model) - self.cfg.sampling.max_new_tokens
 
     def engine(self, policy) -> RolloutEngine:
-        return RolloutEngine(policy, self.embedder, self.chunker, self.cfg.memory, atommem_episode(self.cfg.agent))
+        return RolloutEngine(
+            policy, self.embedder, self.chunker, self.cfg.memory, atommem_episode(self.cfg.agent, self.tokenizer)
+        )
 
 
 def build(cfg: Config) -> Pieces:
@@ -94,7 +96,10 @@ def build(cfg: Config) -> Pieces:
     memory = cfg.memory
     if memory.device == "auto":  # each rank's embedder on that rank's device, not all on cuda:0
         memory = dataclasses.replace(memory, device=str(device))
-    chunker = TokenChunker(tokenizer, cfg.data.chunk_tokens, cfg.data.chunk_overlap, cfg.data.max_chunks)
+    chunker = TokenChunker(
+        tokenizer, cfg.data.chunk_tokens, cfg.data.chunk_overlap, cfg.data.max_chunks,
+        cfg.data.chunk_margin, cfg.data.max_context_tokens,
+    )  # fmt: skip
     return Pieces(cfg, data, tokenizer, build_embedder(memory), chunker, device, process_rank(cfg.trainer))
 
 

@@ -63,6 +63,8 @@ TINY_SYNTHETIC = TINY + [
 # (the experiment smoke runs and the notebook).
 TINY_EXPERIMENT = TINY + [
     "data.max_records=12",
+    "data.eval_max_records=6",
+    "agent.max_llm_calls=16",  # the release protocol repeats a chunk until a reply adds: bound it
     "data.val_fraction=0.5",
     "data.synthetic.num_records=12",
     "sampling.max_new_tokens=4",

@@ -211,3 +211,32 @@ def test_synthetic_validation_can_come_from_a_world_of_its_own():
     assert data.val_samples and not any(t in s.context for t in train_titles for s in data.val_samples)
     with pytest.raises(ValueError, match="val_seed must differ"):
         SyntheticConfig(seed=3, val_seed=3)
+
+
+def test_eval_path_keeps_training_and_evaluation_data_apart(tmp_path):
+    from pathlib import Path
+
+    source = (
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "hotpotqa" / "hotpot_dev_distractor_v1.sample.json"
+    )
+    if not source.is_file():
+        pytest.skip(f"real data sample {source} absent (see ../shared/data)")
+    rows = json.loads(source.read_text())
+    train_file, eval_file = tmp_path / "train.json", tmp_path / "dev.json"
+    train_file.write_text(json.dumps(rows[:60]))
+    eval_file.write_text(json.dumps(rows[60:]))
+    cfg = DataConfig(
+        dataset="hotpotqa", path=str(train_file), eval_path=str(eval_file), max_records=30, eval_max_records=10,
+        num_docs=40, val_fraction=0.5,
+    )  # fmt: skip
+    dm = AtomDataModule(cfg)
+    dm.setup()
+    train_ids, eval_ids = {r["_id"] for r in rows[:30]}, {r["_id"] for r in rows[60:70]}
+    assert {r.id for r in dm.train_records} == train_ids and {r.id for r in dm.val_records} == eval_ids
+    titles = lambda part: {p[0] for r in part for p in r["context"]}  # noqa: E731
+    train_titles, eval_titles = titles(rows[:60]), titles(rows[60:])
+    # Each side's distractors come from the whole of its own file (beyond its first N records), never the other.
+    val_docs = {d.title for s in dm.val_samples for d in s.documents}
+    assert val_docs <= eval_titles and val_docs - titles(rows[60:70])
+    assert {d.title for s in dm.train_samples for d in s.documents} <= train_titles
+    assert sum(len(s.questions) for s in dm.val_samples) == 10

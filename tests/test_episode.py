@@ -209,3 +209,22 @@ def test_the_view_is_a_frozen_copy_that_agrees_with_the_prompt_whatever_the_call
     ep.step('<delete id="0"/>')
     assert view.stored and not ep.view().stored  # a copy: later turns do not change it
     assert ep.view().last_chunk and ep.view().next_chunk is None
+
+
+@pytest.mark.parametrize(
+    "ops",
+    [
+        ("create", "read", "update", "delete", "scratchpad", "answer"),
+        ("create", "read", "delete", "scratchpad", "answer"),
+        ("scratchpad", "answer"),
+        ("create", "read", "update", "answer"),
+    ],
+)
+def test_system_prompt_has_an_example_of_each_enabled_op_and_none_of_the_others(ops) -> None:
+    from atom.agent.actions import parse_actions
+    from atom.agent.prompts import system_prompt
+
+    text = system_prompt(ops)
+    kinds = {a.kind for a in parse_actions(text).actions}
+    assert kinds == set(ops)
+    assert ("<delete" in text) == ("delete" in ops) and "Strategy:" in text and "exact short answer" in text

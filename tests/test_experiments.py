@@ -14,12 +14,16 @@ from .conftest import FIXTURE_FILES, TINY_EXPERIMENT
 
 ROOT = Path(__file__).resolve().parents[1]
 YAMLS = sorted((ROOT / "experiments").rglob("*.yaml"))
+PAPER_ABLATIONS = ROOT / "experiments" / "ablations" / "paper"
 
 
 def local_data(path: Path) -> list[str]:
     """The YAML's dataset read from the invented fixture file of its format (the YAMLs name ../shared/data)."""
     cfg = load_config(path)
-    return [] if cfg.data.dataset == "synthetic" else [f"data.path={FIXTURE_FILES[cfg.data.dataset]}"]
+    if cfg.data.dataset == "synthetic":
+        return []
+    fixture = FIXTURE_FILES[cfg.data.dataset]
+    return [f"data.path={fixture}"] + ([f"data.eval_path={fixture}"] if cfg.data.eval_path else [])
 
 
 def test_there_are_experiments():
@@ -55,7 +59,12 @@ def test_yaml_data_path_exists(path, monkeypatch):
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.relative_to(ROOT / "experiments").as_posix())
 def test_yaml_smoke_runs_with_a_tiny_overlay(path, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # data paths in the YAMLs are relative to the repository root, like the README's commands
-    cfg = load_config(path, TINY_EXPERIMENT + local_data(path) + [f"run.out_dir={tmp_path}"])
+    extra = []
+    if PAPER_ABLATIONS in path.parents:
+        # The paper-scale ablations differ from their base (smoke-run above) only in agent switches: run those
+        # switches end to end through the oracle's evaluation, which needs no model and no training.
+        extra = ["run.stages=[eval]", "eval.methods=[oracle]"]
+    cfg = load_config(path, TINY_EXPERIMENT + local_data(path) + [f"run.out_dir={tmp_path}"] + extra)
     head = path.read_text().splitlines()[0]
     if "atom.evaluate" in head:
         from atom.evaluate import run

@@ -138,7 +138,13 @@ def test_two_process_cpu_ddp_runs_a_grpo_step(tmp_path):
     assert (run / "policy" / "model.safetensors").is_file()
     events = EventAccumulator(str(run / "tb" / "grpo")).Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"grpo/reward", "grpo/kl", "grpo/optimizer_steps", "memory/create_per_episode"} <= tags
+    assert {
+        "grpo/reward",
+        "grpo/kl",
+        "grpo/optimizer_steps",
+        "memory/create_per_episode",
+        "memory/create_per_turn",
+    } <= tags
     assert [s.value for s in events.Scalars("grpo/optimizer_steps")] == [1.0, 1.0]  # two rollout steps
 
 

@@ -33,7 +33,7 @@ TINY_EXTRA = {
 }
 EXPECTED = {
     "ablations.ipynb": (["ablations.png", "no_update_vs_no_scratchpad.png"],
-                        ["no_scratchpad", "| method | EM |", "| full | nothing |", "0.56 -> 0.65"]),
+                        ["no_scratchpad", "| method | EM (SQuAD) |", "| full | nothing |", "0.56 -> 0.65"]),
     "training_dynamics.ipynb": (["training_dynamics.png"], ["| run | steps | grpo/reward", "| dynamics | 2 |"]),
     "length_scaling.ipynb": (["length_scaling.png"],
                              ["| method | run | hotpotqa 4 | hotpotqa 8 | avg |", "| Oracle teacher | sweep_cpu |"]),

@@ -195,6 +195,16 @@ def _truncated_kind(tail: str) -> str | None:
     return None
 
 
+def valid_unicode(text: str) -> str:
+    """``text`` with lone surrogates (which no file, JSON or tokenizer can hold, and the store refuses) replaced
+    by U+FFFD, so a reply with one still parses into storable actions."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def parse_actions(text: str, max_text_chars: int = 2000) -> ParseResult:
     """Parse the actions of one model reply (see the module docstring for the grammar and its rules).
 

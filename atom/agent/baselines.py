@@ -131,7 +131,7 @@ class _StaticEpisode:
         title, texts = self._answer_context()
         self.shown_at_answer[self.question_index] = list(texts)
         question = self.sample.questions[self.question_index]
-        content = prompts.context_answer_prompt(question, title, "\n\n".join(texts), self.cfg.boxed_answers)
+        content = prompts.context_answer_prompt(question, title, "\n\n".join(texts), self.cfg.boxed)
         return [{"role": "user", "content": content}]
 
     def observe(self, reply: str) -> list[EmbedRequest]:
@@ -173,7 +173,8 @@ class _StaticEpisode:
         return None, None
 
     def result(self) -> EpisodeResult:
-        return episode_result(self.sample, self.predictions, self.stats, self.cfg.boxed_answers, self._coverage())
+        answered = [p for p in self.predictions if p is not None]  # a baseline's only answering replies
+        return episode_result(self.sample, self.predictions, self.stats, self.cfg, self._coverage(), answered)
 
 
 class FullContextEpisode(_StaticEpisode):

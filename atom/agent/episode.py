@@ -11,7 +11,11 @@ order. The split lets the rollout engine embed the texts of every episode of a s
 reads; no policy ever holds an episode. Every episode kind (this one and the baselines) implements ``Episode`` and
 shares the pieces written once here: the counters, the result and its scoring, the gold-fact coverage.
 
-Rules (each is tested):
+What differs between protocols (``agent.protocol``) is a ``Rules`` object: the prompts, the reply grammar and the
+turn transitions. ``AtomRules`` is atom's protocol, ``atom.agent.release.ReleaseRules`` the AtomMem release's; the
+state, the execution of actions (``apply``), the counters and the scoring are shared.
+
+atom's rules (each is tested):
 - read phase: every turn consumes exactly one chunk, whatever the reply (a reply without tags still advances);
 - the read query is persistent: it is re-run at every turn, and a new ``<read>`` is visible from the next turn on
   (one-step latency); the last read of a reply wins; the memories a turn shows are read once, at whichever of
@@ -35,12 +39,15 @@ from typing import Generic, Protocol, TypeVar, runtime_checkable
 import numpy as np
 
 from atom.agent import prompts, trace
-from atom.agent.actions import Action, parse_actions
+from atom.agent.actions import Action, parse_actions, valid_unicode
 from atom.agent.rewards import normalize_answer, score_questions
+from atom.agent.scorers import release_answer_text, release_flat_score, release_scores
 from atom.data.longcontext import LongContextSample
 from atom.memory.store import Entry, MemoryStore
 
 READ, ANSWER, DONE = "read", "answer", "done"
+PROTOCOLS = ("atom", "release")
+REWARDS = ("squad", "release")
 
 
 @dataclass
@@ -52,16 +59,28 @@ class AgentConfig:
     use_scratchpad: bool = True  # the always-visible scratchpad; off = store-only agent
     allow_update: bool = True  # Update on the store (ablation "no Update" removes only this)
     allow_delete: bool = True  # Delete on the store (ablation "no Delete")
-    scratchpad_max_chars: int = 2000  # the scratchpad is cut to this length
+    scratchpad_max_chars: int = 2000  # the scratchpad is cut to this length; 0 = no cap (the release)
     action_max_chars: int = 2000  # bodies of actions are cut to this length
     memory_max_chars: int = 1000  # each retrieved memory is shown cut to this length
-    boxed_answers: bool = False  # the paper's stricter match: answers must be \boxed{...}
+    boxed_answers: bool = False  # ask for \boxed{...} answers; SQuAD EM/F1 then compare the box content
+    protocol: str = "atom"  # atom (stable ids, a chunk per turn) | release (the AtomMem release's rules; README)
+    reward: str = "squad"  # episode reward: squad (SQuAD EM, question mean) | release (release scorer)
+    release_double_count: bool = False  # release scorer: pool all golds over every reply, as the release did
+    memory_max_tokens: int = 0  # cap on the whole retrieved-memory block in tokens (release: 4096); 0 = none
+    hide_scratchpad: bool = False  # release "disable_STM": the scratchpad is described and written, shown empty
+    hide_memories: bool = False  # release "disable_LTM": store operations run, retrievals are shown empty
+    store_documents: bool = False  # release "alladd": every document of a chunk is also stored whole
 
     def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"agent.protocol must be one of {list(PROTOCOLS)}, got '{self.protocol}'")
+        if self.reward not in REWARDS:
+            raise ValueError(f"agent.reward must be one of {list(REWARDS)}, got '{self.reward}'")
+        if self.memory_max_tokens < 0:
+            raise ValueError(f"agent.memory_max_tokens must be >= 0 (0 = no cap), got {self.memory_max_tokens}")
         for name in (
             "top_k",
             "max_llm_calls",
-            "scratchpad_max_chars",
             "action_max_chars",
             "memory_max_chars",
         ):
@@ -69,6 +88,13 @@ class AgentConfig:
                 raise ValueError(f"agent.{name} must be > 0, got {getattr(self, name)}")
         if self.answer_reads < 0:
             raise ValueError(f"agent.answer_reads must be >= 0, got {self.answer_reads}")
+        if self.scratchpad_max_chars < 0:
+            raise ValueError(f"agent.scratchpad_max_chars must be >= 0 (0 = no cap), got {self.scratchpad_max_chars}")
+
+    @property
+    def boxed(self) -> bool:
+        """Answers are boxed: asked for (boxed_answers), or the release protocol's final_answer format."""
+        return self.boxed_answers or self.protocol == "release"
 
     @property
     def read_phase_ops(self) -> tuple[str, ...]:
@@ -99,12 +125,14 @@ class EpisodeStats:
 class EpisodeResult:
     sample_id: str
     predictions: list[str | None]  # one per question; None = never answered
-    em: list[float]
-    f1: list[float]
-    reward: float  # mean EM over the questions, in [0, 1]
+    em: list[float]  # SQuAD exact match per question
+    f1: list[float]  # SQuAD token F1 per question
+    reward: float  # agent.reward's score of the episode (squad: mean EM over the questions, in [0, 1])
     stats: EpisodeStats
     facts_stored: float | None  # share of gold supporting sentences held by the store at the end of reading
     facts_retrieved: float | None  # share shown among the memories when each question was answered
+    release_em: list[float] = field(default_factory=list)  # release scorer per question (own golds)
+    release_score: float = 0.0  # release scorer of the sample: mean of release_em, or the pooled double count
 
 
 @dataclass
@@ -131,6 +159,7 @@ class EpisodeView:
     next_chunk: str | None = None  # read phase: the chunk after it, None at the last (a teacher's privilege)
     question_index: int = 0  # answer phase: the question this turn asks
     reads_left: int = 0  # answer phase: reads the question may still spend before an answer is demanded
+    calls_left: int = 0  # LLM calls the episode may still make, this one included
     scratchpad: str = ""  # the scratchpad as the prompt shows it
     query: str = ""  # the persistent read query ("" before the first read)
     shown: tuple[Entry, ...] = ()  # the memories the prompt shows (the query's results), best first
@@ -179,14 +208,22 @@ def episode_result(
     sample: LongContextSample,
     predictions: Sequence[str | None],
     stats: EpisodeStats,
-    boxed: bool,
+    cfg: AgentConfig,
     coverage: tuple[float | None, float | None],
+    answer_texts: Sequence[str] = (),
 ) -> EpisodeResult:
-    """Score the predictions (EM, F1, reward) into the result every episode kind returns."""
-    scores = score_questions(predictions, sample.answers, boxed=boxed)
+    """Both scorers of one episode into the result every kind returns (``answer_texts``: every reply's release
+    answer text, for the release's double count)."""
+    squad = score_questions(predictions, sample.answers, boxed=cfg.boxed)
+    release_em = release_scores(predictions, sample.answers)
+    if cfg.release_double_count:
+        release = release_flat_score(answer_texts, sample.answers)
+    else:
+        release = sum(release_em) / len(release_em)
     return EpisodeResult(
-        sample_id=sample.id, predictions=list(predictions), em=scores.em, f1=scores.f1, reward=scores.reward,
-        stats=stats, facts_stored=coverage[0], facts_retrieved=coverage[1],
+        sample_id=sample.id, predictions=list(predictions), em=squad.em, f1=squad.f1,
+        reward=squad.reward if cfg.reward == "squad" else release, stats=stats, facts_stored=coverage[0],
+        facts_retrieved=coverage[1], release_em=release_em, release_score=release,
     )  # fmt: skip
 
 
@@ -228,31 +265,144 @@ class SampleCache(Generic[T]):
         return self.items[sample.id]
 
 
-class AtomMemEpisode:
-    """The AtomMem CRUD agent over one long-context sample (an ``Episode``)."""
+class TurnParse:
+    """A reply read under a protocol: the actions in order, what was ignored, and the chunk-advance verdict."""
 
-    def __init__(self, sample: LongContextSample, chunks: list[str], store: MemoryStore, cfg: AgentConfig):
+    def __init__(self, actions: list[Action] | None = None, invalid: Counter | None = None, advance: bool = True):
+        self.actions = actions if actions is not None else []  # ids resolved to stable store ids
+        self.invalid = invalid if invalid is not None else Counter()  # ignored actions by kind
+        self.advance = advance  # read phase: whether this reply moves on to the next chunk (atom: always)
+
+
+class Rules(Protocol):
+    """What differs between protocols: prompts, the reply grammar, and the turn transitions.
+
+    The episode owns the state (store, scratchpad, query, positions, counters) and executes actions (``apply``);
+    a protocol decides what the model sees, which actions of a reply run, and where the episode goes next.
+    """
+
+    initial_query: str  # the query in force before the model sets one ("" = nothing retrieved until a read)
+
+    def messages(self, ep: AtomMemEpisode, results: list[Entry] | None) -> prompts.Messages: ...
+
+    def parse(self, ep: AtomMemEpisode, reply: str) -> TurnParse: ...
+
+    def allowed(self, ep: AtomMemEpisode) -> tuple[str, ...]: ...
+
+    def select(self, ep: AtomMemEpisode, actions: list[Action]) -> list[Action]: ...
+
+    def commit(
+        self, ep: AtomMemEpisode, actions: list[Action], vectors: list[np.ndarray | None], parsed: TurnParse
+    ) -> None: ...
+
+
+class AtomRules:
+    """atom's protocol: stable ids, every read turn consumes a chunk, reads spend an answer-phase budget."""
+
+    initial_query = ""
+
+    def messages(self, ep: AtomMemEpisode, results: list[Entry] | None) -> prompts.Messages:
+        cfg = ep.cfg
+        pad = ep.shown_scratchpad
+        if ep.phase == READ:
+            user = prompts.read_prompt(
+                ep.sample.questions, pad, ep.query, results, ep.chunks[ep.chunk_index],
+                ep.chunk_index, len(ep.chunks), cfg.memory_max_chars,
+            )  # fmt: skip
+        else:
+            reads_left = ep.reads_left if cfg.use_storage else 0
+            user = prompts.answer_prompt(
+                ep.sample.questions[ep.question_index], pad, ep.query, results, reads_left,
+                cfg.memory_max_chars, cfg.boxed,
+            )  # fmt: skip
+        return [
+            {"role": "system", "content": prompts.system_prompt(cfg.prompt_ops)},
+            {"role": "user", "content": user},
+        ]
+
+    def parse(self, ep: AtomMemEpisode, reply: str) -> TurnParse:
+        parsed = parse_actions(reply, max_text_chars=ep.cfg.action_max_chars)
+        return TurnParse(parsed.actions, parsed.invalid)
+
+    def allowed(self, ep: AtomMemEpisode) -> tuple[str, ...]:
+        if ep.phase == READ:
+            return ep.cfg.read_phase_ops
+        can_read = ep.cfg.use_storage and ep.reads_left > 0
+        return ("answer", "read") if can_read else ("answer",)
+
+    def select(self, ep: AtomMemEpisode, actions: list[Action]) -> list[Action]:
+        if ep.phase == READ:
+            return actions
+        answers = [a for a in actions if a.kind == "answer"]
+        return answers[:1] if answers else [a for a in actions if a.kind == "read"][-1:]
+
+    def commit(
+        self, ep: AtomMemEpisode, actions: list[Action], vectors: list[np.ndarray | None], parsed: TurnParse
+    ) -> None:
+        for action, vector in zip(actions, vectors, strict=True):
+            ep.apply(action, vector)
+        kinds = [a.kind for a in actions]
+        if ep.phase == READ:
+            ep.next_chunk()
+        elif "answer" in kinds or ep.reads_left == 0 or not ep.cfg.use_storage:
+            ep.close_question()  # answered, or told to answer and did not: closed (a skipped one scores 0)
+        else:  # a read, or a reply with neither: both spend one of the question's turns
+            ep.reads_left -= 1
+
+
+class AtomMemEpisode:
+    """The AtomMem CRUD agent over one long-context sample (an ``Episode``), under the rules of ``cfg.protocol``."""
+
+    def __init__(
+        self,
+        sample: LongContextSample,
+        chunks: list[str],
+        store: MemoryStore,
+        cfg: AgentConfig,
+        rules: Rules | None = None,
+    ):
         if not chunks:
             raise ValueError(f"sample {sample.id}: no chunks (empty context)")
+        if rules is None and cfg.protocol != "atom":
+            raise ValueError(
+                f"agent.protocol={cfg.protocol}: pass its rules (atom.agent.rollout.make_rules) to the episode"
+            )
         self.sample, self.chunks, self.store, self.cfg = sample, chunks, store, cfg
+        self.rules = rules if rules is not None else AtomRules()
         self.stats = EpisodeStats()
         self.phase = READ
         self.chunk_index = 0
         self.question_index = 0
         self.reads_left = cfg.answer_reads
         self.scratchpad = ""
-        self.query = ""
+        self.query = self.rules.initial_query
         self.query_vector: np.ndarray | None = None
         self.predictions: list[str | None] = [None] * len(sample.questions)
         self.shown_at_answer: list[list[str]] = [[] for _ in sample.questions]
         self.stored_at_end: list[str] | None = None
+        self.answer_texts: list[str] = []  # release answer text of every reply (the release's double count)
+        self._documents_stored: set[int] = set()
         self._pending: list[Action] = []
+        self._turn_shown: list[Entry] = []
+        self._parsed = TurnParse()
         self._shown: list[Entry] | None = None  # this turn's read results, once read (None: not yet this turn)
         self.recorder = trace.TraceRecorder()  # per-turn effects and state, for the trajectory viewer
 
     @property
     def done(self) -> bool:
         return self.phase == DONE
+
+    @property
+    def last_shown(self) -> list[Entry]:
+        """The memories this turn shows (what positional addressing refers to)."""
+        return self._results() or []
+
+    @property
+    def shown_scratchpad(self) -> str | None:
+        """The scratchpad as the prompt shows it (None when the ablation removes it)."""
+        if not self.cfg.use_scratchpad:
+            return None
+        return "" if self.cfg.hide_scratchpad else self.scratchpad
 
     # -- prompts -----------------------------------------------------------------------------------------------
 
@@ -261,32 +411,19 @@ class AtomMemEpisode:
         if not self.cfg.use_storage:
             return None
         if self._shown is None:
-            self._shown = [] if self.query_vector is None else self.store.read(
+            if self.query and self.query_vector is None:  # a protocol's initial query, embedded when first needed
+                self.query_vector = self.store.embedder.encode_queries([self.query])[0]
+            found = [] if self.query_vector is None else self.store.read(
                 self.query, self.cfg.top_k, vector=self.query_vector
             )  # fmt: skip
+            self._shown = [] if self.cfg.hide_memories else found
         return self._shown
 
     def messages(self) -> prompts.Messages:
         """The prompt of the next LLM call (system + user)."""
         if self.done:
             raise RuntimeError("episode is over")
-        results = self._results()
-        pad = self.scratchpad if self.cfg.use_scratchpad else None
-        if self.phase == READ:
-            user = prompts.read_prompt(
-                self.sample.questions, pad, self.query, results, self.chunks[self.chunk_index],
-                self.chunk_index, len(self.chunks), self.cfg.memory_max_chars,
-            )  # fmt: skip
-        else:
-            reads_left = self.reads_left if self.cfg.use_storage else 0
-            user = prompts.answer_prompt(
-                self.sample.questions[self.question_index], pad, self.query, results, reads_left,
-                self.cfg.memory_max_chars, self.cfg.boxed_answers,
-            )  # fmt: skip
-        return [
-            {"role": "system", "content": prompts.system_prompt(self.cfg.prompt_ops)},
-            {"role": "user", "content": user},
-        ]
+        return self.rules.messages(self, self._results())
 
     def view(self) -> EpisodeView:
         """The state behind this turn's prompt (see ``EpisodeView``); the store is not read again."""
@@ -298,7 +435,8 @@ class AtomMemEpisode:
             sample=self.sample, cfg=self.cfg, kind="atommem", phase=self.phase, chunk_index=self.chunk_index,
             num_chunks=len(self.chunks), chunk=self.chunks[self.chunk_index] if reading else "",
             next_chunk=self.chunks[following] if reading and following < len(self.chunks) else None,
-            question_index=self.question_index, reads_left=self.reads_left, scratchpad=self.scratchpad,
+            question_index=self.question_index, reads_left=self.reads_left,
+            calls_left=self.cfg.max_llm_calls - self.stats.llm_calls, scratchpad=self.scratchpad,
             query=self.query, shown=tuple(self._results() or ()), stored=tuple(self.store.entries()),
         )  # fmt: skip
 
@@ -309,12 +447,16 @@ class AtomMemEpisode:
         if self.done:
             raise RuntimeError("episode is over")
         self.stats.llm_calls += 1
-        parsed = parse_actions(reply, max_text_chars=self.cfg.action_max_chars)
+        reply = valid_unicode(reply) if isinstance(reply, str) else ""
+        text = release_answer_text(reply)
+        if text is not None:
+            self.answer_texts.append(text)
+        parsed = self.rules.parse(self, reply)
         self.stats.invalid.update(parsed.invalid)
         for kind, n in parsed.invalid.items():
             for _ in range(n):
                 self.recorder.invalid(kind, "malformed or unknown tag (grammar: atom/agent/actions.py)")
-        allowed = self.cfg.read_phase_ops if self.phase == READ else self._answer_ops()
+        allowed = self.rules.allowed(self)
         live = set(self.store.ids())
         valid: list[Action] = []
         for action in parsed.actions:
@@ -332,51 +474,24 @@ class AtomMemEpisode:
                 if action.kind == "delete":
                     live.discard(action.id)
             valid.append(action)
-        if self.phase == ANSWER:
-            valid = self._answer_turn(valid)
-        self._pending = valid
-        return [EmbedRequest(a.text, query=a.kind == "read") for a in valid if a.kind in ("create", "update", "read")]
-
-    def _answer_ops(self) -> tuple[str, ...]:
-        can_read = self.cfg.use_storage and self.reads_left > 0
-        return ("answer", "read") if can_read else ("answer",)
-
-    def _answer_turn(self, valid: list[Action]) -> list[Action]:
-        answers = [a for a in valid if a.kind == "answer"]
-        if answers:
-            return answers[:1]
-        reads = [a for a in valid if a.kind == "read"]
-        return reads[-1:]
+        self._pending, self._parsed = self.rules.select(self, valid), parsed
+        return [EmbedRequest(a.text, query=a.kind == "read") for a in self._pending if _embedded(a)]
 
     def commit(self, vectors: list[np.ndarray] | None = None) -> None:
-        """Execute the observed actions in order (``vectors`` match ``observe``'s requests), then advance."""
+        """Execute the observed actions (``vectors`` match ``observe``'s requests), then move on per the rules."""
         pending, self._pending = self._pending, []
-        shown = self._results() or []  # what this turn showed, before the actions change the store
-        vecs = iter(vectors if vectors is not None else [None] * len(pending))
+        self._turn_shown = self._results() or []  # what this turn showed, before the actions change the store
+        vecs = iter(vectors if vectors is not None else [])
+        per_action = [next(vecs, None) if _embedded(a) else None for a in pending]
         phase, chunk, question = self.phase, self.chunk_index, self.question_index
-        for action in pending:
-            self.recorder.note(self._effect(action))
-            if action.kind == "create":
-                self.store.create(action.text, vector=next(vecs))
-            elif action.kind == "update":
-                self.store.update(action.id, action.text, vector=next(vecs))
-            elif action.kind == "delete":
-                self.store.delete(action.id)
-            elif action.kind == "read":
-                self.query, self.query_vector = action.text, next(vecs, None)
-                if self.query_vector is None:
-                    self.query_vector = self.store.embedder.encode_queries([action.text])[0]
-            elif action.kind == "scratchpad":
-                self.scratchpad = action.text[: self.cfg.scratchpad_max_chars]
-            elif action.kind == "answer":
-                self.predictions[self.question_index] = action.text
-            self.stats.ops[action.kind] += 1
+        self.rules.commit(self, pending, per_action, self._parsed)  # executes through apply(), which traces
         self._shown = None
         self.recorder.close(
-            phase, chunk if phase == READ else None, question if phase == ANSWER else None, shown,
+            phase, chunk if phase == READ else None, question if phase == ANSWER else None, self._turn_shown,
             self.store.entries(), self.scratchpad if self.cfg.use_scratchpad else None, self.query,
         )  # fmt: skip
-        self._advance([a.kind for a in pending], shown)
+        if not self.done and self.stats.llm_calls >= self.cfg.max_llm_calls:
+            self.phase = DONE
 
     def _effect(self, action: Action) -> trace.Effect:
         """What ``action`` is about to do, with the text it replaces (read before the store changes)."""
@@ -398,31 +513,68 @@ class AtomMemEpisode:
         self.observe(reply)
         self.commit(None)
 
-    def _advance(self, kinds: list[str], shown: list[Entry]) -> None:
-        if self.phase == READ:
-            self.stats.store_sizes.append(len(self.store))
-            self.chunk_index += 1
-            if self.chunk_index == len(self.chunks):
-                self.stored_at_end = [e.text for e in self.store.entries()]
-                self._start_question(0)
-        elif "answer" in kinds or self.reads_left == 0 or not self.cfg.use_storage:
-            # Answered, or told to answer and did not: the question is closed (skipped scores 0).
-            self.shown_at_answer[self.question_index] = [e.text for e in shown]
-            self._start_question(self.question_index + 1)
-        else:  # a read, or a reply with neither: both spend one of the question's turns
-            self.reads_left -= 1
-        if not self.done and self.stats.llm_calls >= self.cfg.max_llm_calls:
-            self.phase = DONE
+    # -- primitives the rules build on -------------------------------------------------------------------------
 
-    def _start_question(self, index: int) -> None:
+    def apply(self, action: Action, vector: np.ndarray | None = None) -> None:
+        """Execute one validated action, trace its effect and count it."""
+        self.recorder.note(self._effect(action))
+        if action.kind == "create":
+            self.store.create(action.text, vector=vector)
+        elif action.kind == "update":
+            self.store.update(action.id, action.text, vector=vector)
+        elif action.kind == "delete":
+            self.store.delete(action.id)
+        elif action.kind == "read":
+            if action.text:  # an empty query keeps the current one (the release counts it all the same)
+                self.query, self.query_vector = action.text, vector
+                if self.query_vector is None:
+                    self.query_vector = self.store.embedder.encode_queries([action.text])[0]
+        elif action.kind == "scratchpad":
+            limit = self.cfg.scratchpad_max_chars
+            self.scratchpad = action.text[:limit] if limit else action.text
+        elif action.kind == "answer":
+            self.predictions[self.question_index] = action.text
+        self.stats.ops[action.kind] += 1
+
+    def next_chunk(self) -> None:
+        """Leave the current chunk; after the last one, the answer phase starts at the current question."""
+        if self.cfg.store_documents:
+            self._store_documents()
+        self.stats.store_sizes.append(len(self.store))
+        self.chunk_index += 1
+        if self.chunk_index == len(self.chunks):
+            self.stored_at_end = [e.text for e in self.store.entries()]
+            self._start_question(self.question_index)
+
+    def _store_documents(self) -> None:
+        """Store whole every document whose header is in the current chunk (once each; release "alladd")."""
+        chunk = self.chunks[self.chunk_index]
+        for i, doc in enumerate(self.sample.documents):
+            if i not in self._documents_stored and f"Document {i + 1}:\n{doc.title}" in chunk:
+                self._documents_stored.add(i)
+                self.store.create(f"{doc.title}\n{doc.text}")
+                self.stats.ops["document"] += 1
+
+    def close_question(self) -> None:
+        """The current question is over (answered or skipped); ask the next one, or end the episode."""
+        if self.phase == ANSWER:
+            self.shown_at_answer[self.question_index] = [e.text for e in self._turn_shown]
+        self._start_question(self.question_index + 1, keep_phase=self.phase == READ)
+
+    def _start_question(self, index: int, keep_phase: bool = False) -> None:
         self.question_index = index
         self.reads_left = self.cfg.answer_reads
-        self.phase = ANSWER if index < len(self.sample.questions) else DONE
+        if index >= len(self.sample.questions):
+            self.phase = DONE
+        elif not keep_phase:
+            self.phase = ANSWER
 
     # -- scoring -----------------------------------------------------------------------------------------------
 
     def result(self) -> EpisodeResult:
-        return episode_result(self.sample, self.predictions, self.stats, self.cfg.boxed_answers, self._fact_coverage())
+        return episode_result(
+            self.sample, self.predictions, self.stats, self.cfg, self._fact_coverage(), self.answer_texts
+        )
 
     def _fact_coverage(self) -> tuple[float | None, float | None]:
         """Shares of gold supporting sentences found (normalised substring) in the store / in answer-time reads."""
@@ -431,3 +583,8 @@ class AtomMemEpisode:
         facts = support_sentences(self.sample)
         stored = share_covered(facts, [self.stored_at_end or []] * len(facts))
         return stored, share_covered(facts, self.shown_at_answer)
+
+
+def _embedded(action: Action) -> bool:
+    """Whether an action's text needs a vector (an empty read keeps the current query and needs none)."""
+    return action.kind in ("create", "update") or (action.kind == "read" and bool(action.text))

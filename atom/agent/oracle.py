@@ -20,16 +20,18 @@ Read phase, per chunk:
 
 Answer phase, per question: while the shown memories miss supporting facts that the store holds and reads
 remain, ``<read>`` (the question and its titles, then the missing titles, then each alone); then ``<answer>``
-the gold answer (first alias, boxed when ``boxed_answers``).
+the gold answer (first alias, boxed when ``boxed_answers`` or under the release protocol).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from atom.agent.actions import Action, render_action
 from atom.agent.episode import ANSWER, READ, EpisodeView, SampleCache
+from atom.agent.release import to_release_reply
 from atom.agent.rewards import normalize_answer
 from atom.agent.rollout import Observation, Reply
 from atom.data.longcontext import LongContextSample
@@ -40,6 +42,17 @@ _NOTHING = (
     "This chunk has nothing relevant to the questions.",
     "No evidence for the questions here; moving on.",
 )
+
+
+_DOC_TITLE = re.compile(r"Document \d+:\n([^\n]+)")
+
+
+def _part_note(ep: EpisodeView) -> str:
+    """A factual note on the documents of the current chunk (titles), for a chunk with nothing to store."""
+    titles = list(dict.fromkeys(t.strip() for t in _DOC_TITLE.findall(ep.chunk)))
+    part = f"Part {ep.chunk_index + 1} of the article"
+    note = f"{part} has documents on: {'; '.join(titles)}." if titles else f"{part} continues the document before it."
+    return note.replace("<", "").replace(">", "")[: ep.cfg.action_max_chars]
 
 
 def _squash(text: str) -> str:
@@ -180,10 +193,14 @@ class OraclePolicy:
         if not isinstance(view, EpisodeView) or view.kind != "atommem":
             raise TypeError(f"OraclePolicy drives AtomMem episodes only, got {getattr(view, 'kind', view)!r}")
         if view.phase == READ:
-            return self._read_turn(view)
-        if view.phase == ANSWER:
-            return self._answer_turn(view)
-        raise RuntimeError("episode is over")
+            text = self._read_turn(view)
+        elif view.phase == ANSWER:
+            text = self._answer_turn(view)
+        else:
+            raise RuntimeError("episode is over")
+        if view.cfg.protocol == "release":
+            text = to_release_reply(text, list(view.shown))
+        return text
 
     def _sample_facts(self, sample: LongContextSample) -> tuple[list[_Fact], list[list[int]]]:
         return self._facts.get(sample, lambda: sample_facts(sample))
@@ -254,6 +271,14 @@ class OraclePolicy:
                     turn.reasons.append("I note the facts in the scratchpad.")
         if query and query != ep.query:
             turn.actions.append(self._render("read", query))
+        if (
+            cfg.protocol == "release"
+            and storage
+            and not any(a.startswith(("<create", "<update")) for a in turn.actions)
+        ):
+            # The release moves on only after an addition or a modification: note what this part covers.
+            turn.actions.insert(0, self._render("create", _part_note(ep)))
+            turn.reasons.append("I note which documents this part of the article covers.")
         return turn.text(_NOTHING[ep.chunk_index % len(_NOTHING)])
 
     def _scan(
@@ -384,7 +409,7 @@ class OraclePolicy:
         visible: list[int],
     ) -> str:
         """Status per question; without the store, also the facts (grouped by title) that fit."""
-        limit = ep.cfg.scratchpad_max_chars
+        limit = ep.cfg.scratchpad_max_chars or ep.cfg.action_max_chars  # 0 = no cap: one action body
         if ep.cfg.use_storage:
             return _fit_lines(self._status(facts, per_question, held), limit)
         pad_norm = normalize_answer(ep.scratchpad)
@@ -418,7 +443,9 @@ class OraclePolicy:
         stored = [normalize_answer(e.text) for e in ep.stored] if cfg.use_storage else []
         needed = [facts[i] for i in per_question[q]]
         missing = [f for f in needed if not any(f.norm in t for t in shown_norm) and any(f.norm in t for t in stored)]
-        if cfg.use_storage and ep.reads_left > 0 and missing:
+        # A read must leave enough LLM calls to answer this question and every later one.
+        budget = ep.calls_left > len(ep.sample.questions) - q
+        if cfg.use_storage and ep.reads_left > 0 and missing and budget:
             query = self._next_query(ep, facts, per_question, missing)
             if query is not None:
                 if any(f.norm in t for f in needed for t in shown_norm):
@@ -428,7 +455,7 @@ class OraclePolicy:
                     why = "I search memory for this question."
                 return f"{why}\n{self._render('read', query)}"
         answer = ep.sample.answers[q][0].strip()
-        if cfg.boxed_answers:
+        if cfg.boxed:
             answer = f"\\boxed{{{answer}}}"
         cited = [e.id for e, t in zip(shown, shown_norm) if any(f.norm in t for f in needed)]
         if cited:

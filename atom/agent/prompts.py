@@ -1,5 +1,9 @@
 """Prompt text of the AtomMem agent and of the static baselines.
 
+The system prompt gives the grammar, an example of each operation, a worked reply to one chunk and a strategy
+that matches the reward (EM on the questions: store every link of a question's chain, merge instead of
+duplicating, answer with the exact short answer).
+
 The read-phase prompt follows the AtomMem release's order (questions, scratchpad, current query, retrieved memories,
 tips, the chunk, strategy hints) but shows every memory with its stable store id, which Update and Delete address.
 Only the operations an ablation leaves enabled are described, so a disabled operation is never suggested.
@@ -16,24 +20,52 @@ if TYPE_CHECKING:
 Messages = list[dict[str, str]]
 
 
+# Each operation is described by an example of it; the worked reply and the strategy keep only lines whose
+# operation is enabled, so an ablation's prompt never shows a disabled operation.
+_DOCS = {
+    "create": "<create>Ilsa Brandt: Ilsa Brandt was born in Keldon.</create>  store one fact, subject first",
+    "read": "<read>Keldon country</read>  search memory; results show with their ids at the next turn",
+    "update": '<update id="3">new text</update>  replace the text of memory 3',
+    "delete": '<delete id="5"/>  delete memory 5',
+    "scratchpad": "<scratchpad>Q1: ...</scratchpad>  overwrite the scratchpad, which is always shown to you",
+    "answer": "<answer>Morvania</answer>  answer the current question (only when asked to answer)",
+}
+_WORKED = (
+    ("create", "<create>Keldon: Keldon is a town in Morvania.</create>"),
+    ("update", '<update id="3">Ilsa Brandt: Ilsa Brandt was born in Keldon in 1931.</update>'),
+    ("delete", '<delete id="5"/>'),
+    ("read", "<read>Ilsa Brandt Keldon</read>"),
+    ("scratchpad", "<scratchpad>Q1: Brandt born in Keldon, in Morvania: answer Morvania.</scratchpad>"),
+)
+_STRATEGY = {
+    "create": "Store every fact a question needs, each link of a chain too (a birthplace, then its country); copy "
+    "names, dates and numbers exactly.",
+    "update": "Merge a new detail into a shown entry on the same subject instead of adding a near-duplicate.",
+    "delete": "Delete entries that repeat another one.",
+    "read": "Read with key names before you answer.",
+    "scratchpad": "Keep the scratchpad to one line per question: what you have, what is missing.",
+}
+
+
 def system_prompt(ops: Sequence[str]) -> str:
-    """The action grammar, restricted to the enabled operations ``ops`` (subset of ACTION_KINDS)."""
+    """The action grammar (by example), a worked reply and the strategy, for the enabled operations ``ops``."""
     lines = [
         "You read a long article chunk by chunk and answer questions about it at the end.",
-        "You only see one chunk at a time, so you must keep what matters in memory. Reply with short reasoning",
-        "and then actions written as tags:",
+        "You only see one chunk at a time, so you must keep what matters in memory. Reply with a sentence of",
+        "reasoning, then actions written as tags (anything outside tags is ignored):",
     ]
-    docs = {
-        "create": "<create>fact</create>  store a new memory entry (one self-contained fact)",
-        "read": "<read>query</read>  search memory; the results are shown with their ids at the next turn",
-        "update": '<update id="7">new text</update>  replace the text of memory 7',
-        "delete": '<delete id="7"/>  delete memory 7',
-        "scratchpad": "<scratchpad>text</scratchpad>  overwrite the scratchpad, which is always shown to you",
-        "answer": "<answer>text</answer>  answer the current question (only when asked to answer)",
-    }
-    lines += ["  " + docs[op] for op in docs if op in ops]
-    lines.append("Use as many actions as needed; anything outside tags is ignored.")
-    return "\n".join(lines)
+    lines += ["  " + _DOCS[op] for op in _DOCS if op in ops]
+    worked = [text for op, text in _WORKED if op in ops]
+    if worked:
+        why = "This chunk says where Keldon is, which question 1 needs"
+        why += "; memory [id 3] on Ilsa Brandt gets a detail" if "update" in ops else ""
+        why += "; memory [id 5] repeats memory [id 3]" if "delete" in ops else ""
+        lines += ["Example reply to a chunk:", why + ".", *worked]
+    strategy = [_STRATEGY[op] for op in _STRATEGY if op in ops]
+    if "create" not in ops and "scratchpad" in ops:
+        strategy.insert(0, "The scratchpad is your only memory: write into it every fact the questions need.")
+    strategy.append("Answer with the exact short answer only (a name, date, number or yes/no).")
+    return "\n".join(lines + ["Strategy:"] + ["- " + s for s in strategy])
 
 
 def _memories(query: str, results: Sequence[Entry], max_chars: int) -> list[str]:

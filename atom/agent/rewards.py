@@ -11,8 +11,9 @@ punctuation and accents are kept unchanged, so scores can be compared with publi
 conventions are added on top: a prediction whose normalized form is empty scores 0, and a gold alias whose
 normalized form is empty never matches. This stops ``"the"`` from matching ``"a"``.
 
-Boxed mode (the paper's stricter match): the prediction must contain ``\\boxed{...}``. Only the content of the
-last complete top-level box is compared (see ``extract_boxed``). A prediction without one scores 0.
+Boxed mode (``agent.boxed_answers``; NOT the release's match, which is ``atom.agent.scorers``): the prediction must
+contain ``\\boxed{...}``. Only the content of the last complete top-level box is compared (see ``extract_boxed``).
+A prediction without one scores 0.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def score_questions(
     Args:
         predictions: one answer per question; None means the question was never answered.
         golds: per question, its non-empty list of gold aliases.
-        boxed: require ``\\boxed{...}`` answers and compare their content (the paper's stricter match).
+        boxed: require ``\\boxed{...}`` answers and compare their content, SQuAD-normalised.
 
     Raises:
         ValueError: the two lengths differ, there are no questions, or a question's golds are malformed.

@@ -21,13 +21,16 @@ import torch
 from atom.agent.episode import (
     AgentConfig,
     AtomMemEpisode,
+    AtomRules,
     EmbedRequest,
     Episode,
     EpisodeResult,
     EpisodeView,
+    Rules,
     SampleCache,
 )
 from atom.agent.prompts import Messages
+from atom.agent.release import ReleaseRules
 from atom.agent.trace import TurnTrace
 from atom.data.chunker import TokenChunker
 from atom.data.longcontext import LongContextSample
@@ -107,8 +110,14 @@ class Policy(Protocol):
 EpisodeFactory = Callable[[LongContextSample, list[str], MemoryStore], Episode]
 
 
-def atommem_episode(cfg: AgentConfig) -> EpisodeFactory:
-    return lambda sample, chunks, store: AtomMemEpisode(sample, chunks, store, cfg)
+def make_rules(cfg: AgentConfig, tokenizer=None) -> Rules:
+    """The rules of ``cfg.protocol``; ``tokenizer`` counts the release's retrieved-block tokens (else ~4 chars)."""
+    return ReleaseRules(tokenizer) if cfg.protocol == "release" else AtomRules()
+
+
+def atommem_episode(cfg: AgentConfig, tokenizer=None) -> EpisodeFactory:
+    """Episodes of the AtomMem agent under ``cfg.protocol``."""
+    return lambda sample, chunks, store: AtomMemEpisode(sample, chunks, store, cfg, make_rules(cfg, tokenizer))
 
 
 class RolloutEngine:

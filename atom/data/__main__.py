@@ -126,7 +126,9 @@ def main(argv: list[str] | None = None) -> dict:
         names = ("train", "val") if args.split == "both" else (args.split,)
         splits = {name: getattr(data, f"{name}_samples") for name in names}
     d = cfg.data
-    chunker = TokenChunker(load_tokenizer(cfg.model), d.chunk_tokens, d.chunk_overlap, d.max_chunks)
+    chunker = TokenChunker(
+        load_tokenizer(cfg.model), d.chunk_tokens, d.chunk_overlap, d.max_chunks, d.chunk_margin, d.max_context_tokens
+    )
     records = {r.id: r for r in data.records}
     print(f"{d.dataset}: {len(data.records)} records, num_docs={d.num_docs}, tokenizer {cfg.model.name_or_path}")
     result = {"data": asdict(cfg.data), "tokenizer": cfg.model.name_or_path, "splits": {}}

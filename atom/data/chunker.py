@@ -3,7 +3,13 @@
 A context of n tokens is cut into windows of ``chunk_tokens`` tokens that start ``chunk_tokens - overlap``
 tokens apart, so consecutive chunks share exactly ``overlap`` tokens; the last window may be shorter. With
 ``max_chunks > 0`` and more windows than that, the middle is dropped: the first ceil(m/2) and the last
-floor(m/2) windows are kept (the AtomMem release's centre truncation).
+floor(m/2) windows are kept.
+
+The AtomMem release cuts differently (``agent.protocol: release`` sets it up): first the token sequence is
+centre-truncated to ``max_tokens`` (its first and last ``max_tokens // 2`` tokens are kept, joined), then cut into
+windows of ``chunk_tokens`` with no overlap, each widened by ``margin`` tokens of context on both sides (4,000 +
+2 x 100 there). Windows are counted in the kept sequence; one that spans the junction of a centre cut joins the
+two pieces of text.
 
 A chunk's ``text`` is cut from the original string at token boundaries taken from the tokenizer's offsets, not
 decoded from ids, so it has no decoding artefacts. Boundaries partition the text: the text between two tokens
@@ -47,17 +53,22 @@ class TokenizedText:
 class TokenChunker:
     """Cuts texts into overlapping token windows of a (fast) Hugging Face tokenizer."""
 
-    def __init__(self, tokenizer, chunk_tokens: int, overlap: int, max_chunks: int = 0):
+    def __init__(
+        self, tokenizer, chunk_tokens: int, overlap: int, max_chunks: int = 0, margin: int = 0, max_tokens: int = 0
+    ):
         if chunk_tokens <= 0:
             raise ValueError(f"chunk_tokens must be > 0, got {chunk_tokens}")
         if not 0 <= overlap < chunk_tokens:
             raise ValueError(f"overlap must be in 0..chunk_tokens - 1 ({chunk_tokens - 1}), got {overlap}")
         if max_chunks < 0:
             raise ValueError(f"max_chunks must be >= 0 (0 = no truncation), got {max_chunks}")
+        if margin < 0 or max_tokens < 0:
+            raise ValueError(f"margin and max_tokens must be >= 0, got {margin} and {max_tokens}")
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError(f"TokenChunker needs a fast tokenizer (character offsets); got {type(tokenizer).__name__}")
         self.tokenizer = tokenizer
         self.chunk_tokens, self.overlap, self.max_chunks = chunk_tokens, overlap, max_chunks
+        self.margin, self.max_tokens = margin, max_tokens
 
     def encode(self, text: str) -> TokenizedText:
         """Tokenize ``text`` once (no special tokens) with character boundaries."""
@@ -81,15 +92,29 @@ class TokenChunker:
     def count_tokens(self, text: str) -> int:
         return len(self.encode(text))
 
+    def kept_spans(self, n_tokens: int) -> list[tuple[int, int]]:
+        """Token ranges kept by the token-level centre truncation (``max_tokens``), in order."""
+        if not self.max_tokens or n_tokens <= self.max_tokens:
+            return [(0, n_tokens)]
+        half = self.max_tokens // 2
+        return [(0, half), (n_tokens - half, n_tokens)]
+
     def windows(self, n_tokens: int) -> list[tuple[int, int, int]]:
-        """(index, start_token, end_token) of the windows kept for a text of ``n_tokens`` tokens."""
+        """(index, start, end) of the windows kept for a text of ``n_tokens`` tokens.
+
+        Positions count the tokens kept by ``max_tokens`` (the original positions when nothing is cut).
+        """
+        n_kept = sum(b - a for a, b in self.kept_spans(n_tokens))
         stride = self.chunk_tokens - self.overlap
-        total = self.total_windows(n_tokens)
+        total = self.total_windows(n_kept)
         keep: list[int] | range = range(total)
         if self.max_chunks and total > self.max_chunks:
             head = math.ceil(self.max_chunks / 2)
             keep = [*range(head), *range(total - self.max_chunks // 2, total)]
-        return [(k, k * stride, min(k * stride + self.chunk_tokens, n_tokens)) for k in keep]
+        return [
+            (k, max(k * stride - self.margin, 0), min(k * stride + self.chunk_tokens + self.margin, n_kept))
+            for k in keep
+        ]
 
     def total_windows(self, n_tokens: int) -> int:
         """Number of windows before centre truncation."""
@@ -99,9 +124,17 @@ class TokenChunker:
 
     def chunks_of(self, tokenized: TokenizedText) -> Iterator[Chunk]:
         """The kept chunks of an already tokenized text, lazily."""
+        spans = self.kept_spans(len(tokenized))
         for index, start, end in self.windows(len(tokenized)):
-            first, last = tokenized.span(start, end)
-            yield Chunk(index, tokenized.ids[start:end], tokenized.text[first:last], start, end)
+            pieces, offset = [], 0  # original token ranges of kept positions [start, end)
+            for a, b in spans:
+                lo, hi = max(start - offset, 0), min(end - offset, b - a)
+                if lo < hi:
+                    pieces.append((a + lo, a + hi))
+                offset += b - a
+            ids = [i for a, b in pieces for i in tokenized.ids[a:b]]
+            text = "".join(tokenized.text[slice(*tokenized.span(a, b))] for a, b in pieces)
+            yield Chunk(index, ids, text, pieces[0][0], pieces[-1][1])
 
     def chunks(self, text: str) -> Iterator[Chunk]:
         """Tokenize ``text`` once and yield its kept chunks in order; an empty text gives none."""

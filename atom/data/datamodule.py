@@ -1,5 +1,8 @@
 """The Lightning data module: records -> train/validation split -> long-context samples.
 
+With ``eval_path`` the evaluation data is a file (or hub split) of its own, as the paper had it: training
+questions are the first ``max_records`` of ``path`` and evaluation questions the first ``eval_max_records`` of
+``eval_path``, and each side draws its distractors from the whole of its own file. Without it, one file is split.
 The split is made on records, before grouping, by a seeded permutation: ``round(val_fraction * n)`` records
 (at least one when val_fraction > 0) go to validation, the rest to training, and both keep file order so
 questions are grouped in file order as the protocol says. The distractor pool of both splits is every
@@ -11,6 +14,7 @@ paragraph of every loaded record. The synthetic task can instead validate on a s
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 
 import lightning
@@ -21,6 +25,12 @@ from atom.data.loaders import DataConfig, load_records
 from atom.data.longcontext import LongContextSample, build_samples, paragraph_pool
 from atom.data.records import DataError, QARecord
 from atom.data.synthetic import generate
+
+log = logging.getLogger(__name__)
+
+
+def _same_source(cfg: DataConfig) -> bool:
+    return cfg.eval_path == cfg.path and cfg.eval_hub_split == cfg.hub_split
 
 
 def split_records(records: list[QARecord], val_fraction: float, seed: int) -> tuple[list[QARecord], list[QARecord]]:
@@ -152,7 +162,7 @@ class AtomDataModule(lightning.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._ready:  # Lightning calls setup once per stage; the samples must not change between them
             return
-        self.records = load_records(self.cfg)
+        self.records = [] if self.cfg.eval_path else load_records(self.cfg)
         synthetic = self.cfg.synthetic
         if self.cfg.dataset == "synthetic" and synthetic.val_seed >= 0:
             # Validation from a world of its own: no entity or fact of it was trained on, so EM measures the
@@ -162,6 +172,20 @@ class AtomDataModule(lightning.LightningDataModule):
             held_out = dataclasses.replace(synthetic, seed=synthetic.val_seed, val_seed=-1, num_records=max(n_val, 1))
             self.val_records = generate(held_out) if n_val else []
             train_pool, val_pool = paragraph_pool(self.train_records), paragraph_pool(self.val_records)
+        elif self.cfg.eval_path:
+            # Two files, as the paper: each split's distractors come from the whole of its own file, and its
+            # questions are the first max_records / eval_max_records of it (val_fraction is not used).
+            train_all = load_records(dataclasses.replace(self.cfg, max_records=0))
+            eval_cfg = dataclasses.replace(
+                self.cfg, path=self.cfg.eval_path, hub_split=self.cfg.eval_hub_split, max_records=0
+            )
+            eval_all = load_records(eval_cfg)
+            if _same_source(self.cfg):
+                log.warning("data.path and data.eval_path name the same data: evaluation questions are trained on")
+            self.train_records = train_all[: self.cfg.max_records or None]
+            self.val_records = eval_all[: self.cfg.eval_max_records or None]
+            self.records = self.train_records + self.val_records
+            train_pool, val_pool = paragraph_pool(train_all), paragraph_pool(eval_all)
         else:
             self.train_records, self.val_records = split_records(self.records, self.cfg.val_fraction, self.cfg.seed)
             train_pool = val_pool = paragraph_pool(self.records)

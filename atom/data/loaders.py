@@ -52,6 +52,9 @@ class DataConfig:
     hub_split: str = "validation"  # datasets split of a hub id
     max_records: int = 0  # use the first N records in file order; 0 = all
     val_fraction: float = 0.2  # share of records held out for validation/evaluation; 1.0 = all are evaluation
+    eval_path: str = ""  # evaluation data (file or hub id) apart from path; "" = a val_fraction split of path
+    eval_hub_split: str = "validation"  # datasets split of an eval_path hub id
+    eval_max_records: int = 0  # with eval_path: evaluate the first N records of it; 0 = all
     num_docs: int = 200  # documents per long-context sample (the paper: 200 / 400 / 800)
     single_question_prob: float = 0.5  # probability that a sample has one question (else 2..max_questions)
     max_questions: int = 10  # most questions grouped into one sample
@@ -59,13 +62,25 @@ class DataConfig:
     chunk_tokens: int = 4096  # tokens per chunk the agent reads per step
     chunk_overlap: int = 100  # tokens shared by consecutive chunks
     max_chunks: int = 40  # centre-truncate contexts to this many chunks; 0 = never truncate
+    chunk_margin: int = 0  # tokens of context added on both sides of each chunk (the release: 100)
+    max_context_tokens: int = 0  # centre-truncate the context to this many tokens first (release: 160000); 0 = never
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # the synthetic task (dataset=synthetic)
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"data.dataset must be one of {list(DATASETS)}, got '{self.dataset}'")
-        if self.max_records < 0:
-            raise ValueError(f"data.max_records must be >= 0 (0 = all), got {self.max_records}")
+        if self.max_records < 0 or self.eval_max_records < 0:
+            raise ValueError(
+                f"data.max_records and data.eval_max_records must be >= 0 (0 = all), got {self.max_records}, "
+                f"{self.eval_max_records}"
+            )
+        if self.eval_path and self.dataset == "synthetic":
+            raise ValueError("data.eval_path is for real datasets; the synthetic task uses data.synthetic.val_seed")
+        if self.chunk_margin < 0 or self.max_context_tokens < 0:
+            raise ValueError(
+                f"data.chunk_margin and data.max_context_tokens must be >= 0, got {self.chunk_margin}, "
+                f"{self.max_context_tokens}"
+            )
         if not 0.0 <= self.val_fraction <= 1.0:
             raise ValueError(f"data.val_fraction must be in [0, 1], got {self.val_fraction}")
         if self.num_docs < 1:

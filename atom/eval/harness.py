@@ -51,7 +51,7 @@ def episode_factory(method: str, agent: AgentConfig, ecfg: EvalConfig, window_to
     from atom.agent import baselines
 
     if method in ("atommem", "oracle"):
-        return atommem_episode(agent)
+        return atommem_episode(agent, tokenizer)
     if method == "rag":
         return baselines.rag_episode(agent)
     if method == "memagent":

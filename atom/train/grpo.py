@@ -292,6 +292,7 @@ class GRPOModule(L.LightningModule):
         }
         for op in ("create", "read", "update", "delete"):
             logs[f"memory/{op}_per_episode"] = summary["ops_per_episode"].get(op, 0.0)
+            logs[f"memory/{op}_per_turn"] = summary["ops_per_turn"].get(op, 0.0)  # the paper's usage figure
         logs.update(metrics)
         # Means over ranks (each rank's scalars describe its own share of the rollout batch).
         self.log_dict(
@@ -409,11 +410,12 @@ class GRPOModule(L.LightningModule):
     def validation_step(self, batch: list[LongContextSample], batch_idx: int) -> None:
         """Greedy episodes on this rank's share of the validation samples; logs EM/F1 over all ranks' samples."""
         trajectories, _ = self.rollout(batch, dataclasses.replace(self.sampling, temperature=0.0), 1)
-        summary = summarize(trajectories, 0.0) if trajectories else {"em": 0.0, "f1": 0.0}
+        keys = ("em", "f1", "release_em")
+        summary = summarize(trajectories, 0.0) if trajectories else dict.fromkeys(keys, 0.0)
         n = len(trajectories)
-        totals = torch.tensor([summary["em"] * n, summary["f1"] * n, n], dtype=torch.float64, device=self.device)
-        em, f1, count = self.trainer.strategy.reduce(totals, reduce_op="sum").tolist()
-        self.log_dict({"val/em": em / max(count, 1), "val/f1": f1 / max(count, 1)}, batch_size=1)
+        totals = torch.tensor([*(summary[k] * n for k in keys), n], dtype=torch.float64, device=self.device)
+        *sums, count = self.trainer.strategy.reduce(totals, reduce_op="sum").tolist()
+        self.log_dict({f"val/{k}": v / max(count, 1) for k, v in zip(keys, sums)}, batch_size=1)
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
