@@ -13,6 +13,7 @@ import logging
 
 from atom.config import Config, load_config, save_config
 from atom.eval.harness import evaluate, markdown_table
+from atom.eval.judge import build_judge
 from atom.fit import Pipeline
 
 
@@ -22,13 +23,17 @@ def run(cfg: Config, progress: bool = True) -> dict[str, dict]:
     if cfg.eval.checkpoint:  # a saved policy (atom.fit's runs/<name>/policy) replaces model.name_or_path
         model = dataclasses.replace(cfg.model, name_or_path=cfg.eval.checkpoint, gguf_file="")
         cfg = dataclasses.replace(cfg, model=model)
-    p = Pipeline(cfg, with_model=any(m != "oracle" for m in cfg.eval.methods))
+    served = cfg.model.backend == "openai"  # the policy behind model.server: no local weights
+    p = Pipeline(cfg, with_model=not served and any(m != "oracle" for m in cfg.eval.methods))
     samples = p.data.val_samples[: cfg.eval.max_samples or None]
+    judge = build_judge(cfg.eval.judge)
     rows, _ = evaluate(
         samples, cfg.eval.methods, agent=cfg.agent, ecfg=cfg.eval, sampling=cfg.sampling, chunker=p.chunker,
         embedder=p.embedder, memory_cfg=cfg.memory, model=p.model, tokenizer=p.tokenizer, window_tokens=p.window,
-        out_dir=out_dir, progress=progress,
+        out_dir=out_dir, progress=progress, server=cfg.model.server if served else None, judge=judge,
     )  # fmt: skip
+    if judge is not None:
+        judge.close()
     print(f"{len(samples)} samples of {cfg.data.dataset} at {cfg.data.num_docs} documents -> {out_dir}")
     print(markdown_table(rows))
     return rows

@@ -163,6 +163,8 @@ def fit(cfg: Config) -> dict:
     """Run ``cfg.run.stages`` in order. ``eval`` may appear more than once (e.g. ``[sft, eval, grpo, eval]``); each
     evaluation is labelled by the training stages run before it: ``(before)``, ``(after sft)``, ``(after sft+grpo)``,
     or no label when the run trains nothing."""
+    if cfg.model.backend != "hf":
+        raise ValueError("atom.fit trains local weights: model.backend must be hf (a served model: atom.evaluate)")
     p = Pipeline(cfg)
     save_config(cfg, p.run_dir)
     table: dict[str, dict] = {}

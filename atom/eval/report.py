@@ -52,12 +52,17 @@ def markdown_table(rows: dict[str, dict]) -> str:
         "| method | EM | F1 | create | read | update | delete | invalid | store | LLM calls | tokens (in/out) "
         "| facts stored | facts retrieved | wall s |"
     )
-    lines = [head, "|" + "---|" * 14]
+    judged = any("judge" in r for r in rows.values())
+    if judged:  # the LLM judge's column sits next to EM/F1 (judged questions; failures counted apart)
+        head = head.replace("| F1 |", "| F1 | judge (failed) |")
+    lines = [head, "|" + "---|" * (14 + judged)]
     for name, r in rows.items():
         ops = r["ops_per_episode"]
         pct = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
         lines.append(
-            f"| {name} | {r['em']:.1f} | {r['f1']:.1f} | {ops.get('create', 0):.1f} | {ops.get('read', 0):.1f} "
+            f"| {name} | {r['em']:.1f} | {r['f1']:.1f} |"
+            + (f" {pct(r.get('judge'))} ({r.get('judge_failed', 0)}) |" if judged else "")
+            + f" {ops.get('create', 0):.1f} | {ops.get('read', 0):.1f} "
             f"| {ops.get('update', 0):.1f} | {ops.get('delete', 0):.1f} | {r['invalid_per_episode']:.1f} "
             f"| {r['mean_store_size']:.1f} | {r['llm_calls_per_episode']:.1f} "
             f"| {r['prompt_tokens_per_episode']:.0f}/{r['completion_tokens_per_episode']:.0f} "

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from atom.agent.openai_client import ServerConfig
+
 log = logging.getLogger(__name__)
 
 EMBEDDED = "smollm2"
@@ -29,6 +31,7 @@ TINY = "tiny"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "4bit", "8bit")
+BACKENDS = ("hf", "openai")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -60,8 +63,14 @@ class ModelConfig:
     trust_remote_code: bool = False  # allow model code from the hub (off: never run downloaded code by default)
     cache_dir: str = "~/.cache/atom/models"  # where de-quantized GGUF models are cached as safetensors
     max_context_tokens: int = 0  # the model's usable context window; 0 = read max_position_embeddings
+    backend: str = "hf"  # hf: weights loaded here | openai: served (model.server; evaluate/collect only)
+    server: ServerConfig = field(default_factory=ServerConfig)  # the OpenAI-compatible server of backend=openai
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"model.backend must be one of {list(BACKENDS)}, got '{self.backend}'")
+        if self.backend == "openai" and not self.server.base_url:
+            raise ValueError("model.backend=openai needs model.server.base_url (e.g. http://localhost:8000/v1)")
         if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype must be one of {list(DTYPES)}, got '{self.dtype}'")
         if self.quantization not in QUANTIZATIONS:
