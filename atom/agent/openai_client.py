@@ -68,7 +68,10 @@ def _retryable(exc: Exception) -> bool:
 
 def _describe(exc: Exception) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text[:300]}"
+    body = getattr(exc, "body", None)  # the server's own error message (e.g. "unknown model")
+    if body is not None and str(body) not in text:
+        text += f" {body}"
+    return f"{type(exc).__name__}: {text[:400]}"
 
 
 class ServingClient:
@@ -88,16 +91,21 @@ class ServingClient:
         self.requests = 0  # successful requests
         self.failed_attempts = 0  # attempts that failed and were retried (or gave up)
         self._model = cfg.model
+        self._model_lock = threading.Lock()
 
     @property
     def model(self) -> str:
         """The served model name (asked from GET /models once when the config leaves it empty)."""
-        if not self._model:
-            listed = self.call("GET /models", lambda: [m.id for m in self.client.models.list().data])
-            if not listed:
-                raise ServerError(f"{self.cfg.base_url}: GET /models lists no model; set {self.what}.model")
-            self._model = listed[0]
+        with self._model_lock:  # concurrent requests ask once
+            if not self._model:
+                self._model = self._listed_model()
         return self._model
+
+    def _listed_model(self) -> str:
+        listed = self.call("GET /models", lambda: [m.id for m in self.client.models.list().data])
+        if not listed:
+            raise ServerError(f"{self.cfg.base_url}: GET /models lists no model; set {self.what}.model")
+        return listed[0]
 
     def call(self, kind: str, fn: Callable[[], R]) -> R:
         """``fn()`` with retries; ``kind`` names the request in errors (e.g. ``POST /chat/completions``)."""

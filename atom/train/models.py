@@ -13,6 +13,7 @@ loads read the cached safetensors. bf16 and 4-bit (bitsandbytes NF4, QLoRA) appl
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import logging
@@ -218,6 +219,23 @@ def _attach_lora(model, cfg: LoraConfig):
     return get_peft_model(model, peft_cfg)
 
 
+def pretrained_dir(cfg: ModelConfig) -> Path:
+    """A transformers-layout directory of ``cfg``'s weights (config, safetensors, tokenizer, chat template), which
+    ``transformers serve`` and ``vllm serve`` load as they are: for a GGUF (the embedded SmolLM2 included) the
+    de-quantized cache, written on first use; for a local directory, itself. Hub ids and ``tiny`` have none."""
+    source, gguf = _source(cfg)
+    if cfg.name_or_path == TINY:
+        raise ValueError("model.name_or_path=tiny is built in code and has no directory to serve")
+    if gguf is None:
+        if not Path(source).expanduser().is_dir():
+            raise ValueError(f"{source} is a hub id, not a directory: serve it by its id")
+        return Path(source).expanduser()
+    cached = _cached(cfg, source, gguf)
+    if not (cached / "config.json").is_file():
+        load_model(dataclasses.replace(cfg, lora=LoraConfig(), quantization="none"))
+    return cached
+
+
 def restart_lora(model, cfg: ModelConfig):
     """Merge trained LoRA adapters into the base weights and attach fresh ones (B = 0: the policy is unchanged).
 
@@ -236,3 +254,8 @@ def context_window(cfg: ModelConfig, model) -> int:
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+if __name__ == "__main__":  # python -m atom.train.models [NAME_OR_PATH]: the directory to hand to a server
+    import sys
+
+    print(pretrained_dir(ModelConfig(name_or_path=sys.argv[1] if len(sys.argv) > 1 else EMBEDDED)))
