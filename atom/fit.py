@@ -114,6 +114,7 @@ def run_grpo(p: Pipeline) -> None:
     module = GRPOModule(
         p.model, p.tokenizer, cfg.grpo, cfg.sampling, p.engine, p.data.train_samples, p.data.val_samples,
         ref_model=ref, seed=cfg.run.seed, max_prompt_tokens=p.max_prompt_tokens, make_replica=p.fresh_model,
+        make_rollout_engine=vllm_engine_factory(p) if cfg.grpo.rollout_engine == "vllm" else None,
     )  # fmt: skip
     # One Lightning "epoch" per rollout step (a one-item loader; the module's schedule picks the prompts), so the
     # epoch counter is the rollout step: checkpoints and resume line up with it whatever updates_per_batch is.
@@ -124,6 +125,24 @@ def run_grpo(p: Pipeline) -> None:
     trainer.fit(module, steps, ckpt_path=resume_path(cfg.trainer, p.run_dir, "grpo"), weights_only=True)
     p.unshard(module.final_state)
     p.trained.append("grpo")
+
+
+def vllm_engine_factory(p: Pipeline):
+    """Builds this rank's colocated vLLM engine (atom.agent.vllm_engine) for the configured model's weights."""
+
+    def make():
+        from atom.agent.vllm_engine import build_vllm_policy
+        from atom.train.models import pretrained_dir
+
+        try:
+            source = str(pretrained_dir(p.cfg.model))
+        except ValueError:  # a hub id: vLLM loads it by name (the trained weights are streamed in anyway)
+            source = p.cfg.model.name_or_path
+        rank = int(os.environ.get("RANK", 0))
+        return build_vllm_policy(source, p.tokenizer, p.cfg.sampling, p.cfg.grpo.vllm, p.max_prompt_tokens,
+                                 seed=p.cfg.run.seed + rank)  # fmt: skip
+
+    return make
 
 
 def run_eval(p: Pipeline, tag: str) -> dict[str, dict]:

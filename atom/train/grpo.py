@@ -20,6 +20,14 @@ Objective, per rollout step (each symbol -> ``GRPOConfig`` field):
   ``lr``, linear warm-up ``warmup_steps``, ``weight_decay``), gradients accumulated over micro-batches of
   ``micro_batch_size`` sequences and clipped to ``grad_clip`` by hand (Trainer-level clipping is not allowed
   with manual optimization). ``trainer.global_step`` therefore counts optimizer steps, not rollout steps.
+
+Rollout engine ``rollout_engine``: ``hf`` (``HFPolicy``: transformers ``generate`` records log_softmax(logits / T)
+while sampling, so its log-probs are pi_old as they are) or ``vllm`` (``atom.agent.vllm_engine``: a colocated vLLM
+engine, weights streamed in after every optimizer step). vLLM's log-probs are the raw model's, before temperature:
+they equal pi_old only at T = 1, and then only up to kernel numerics. The rule: with an engine whose log-probs are
+raw, pi_old always comes from the trainer's own forward (one extra no-grad forward over the rollout batch, at the
+sampling temperature), and ``grpo/logp_diff`` logs the mean |engine - trainer| log-prob gap at T = 1 per token
+(a growing gap means the engine and the trainer no longer hold the same weights or numerics).
 """
 
 from __future__ import annotations
@@ -28,13 +36,14 @@ import dataclasses
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lightning as L
 import torch
 
 from atom.agent.hf_policy import HFPolicy, SamplingConfig
 from atom.agent.rollout import RolloutEngine, Trajectory
+from atom.agent.vllm_engine import VLLMConfig
 from atom.data.longcontext import LongContextSample
 from atom.eval.report import summarize
 from atom.train.losses import (
@@ -69,6 +78,8 @@ class GRPOConfig:
     val_every: int = 0  # rollout steps between greedy validations on val samples; 0 = never
     val_samples: int = 8  # validation samples per validation
     checkpoint_every: int = 10  # rollout steps between kept checkpoints (last.ckpt is rewritten every step)
+    rollout_engine: str = "hf"  # hf: transformers generate | vllm: colocated vLLM engine (CUDA, pip install atom[vllm])
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)  # the vLLM engine of rollout_engine=vllm
 
     def __post_init__(self) -> None:
         if self.std_scale not in STD_SCALES:
@@ -78,6 +89,8 @@ class GRPOConfig:
         for name in ("group_size", "prompts_per_step", "max_steps", "updates_per_batch", "micro_batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"grpo.{name} must be > 0, got {getattr(self, name)}")
+        if self.rollout_engine not in ("hf", "vllm"):
+            raise ValueError(f"grpo.rollout_engine must be hf or vllm, got '{self.rollout_engine}'")
         if self.dual_clip and self.dual_clip <= 1:
             raise ValueError(f"grpo.dual_clip must be > 1 (or 0 = off), got {self.dual_clip}")
 
@@ -186,8 +199,12 @@ class GRPOModule(L.LightningModule):
         seed: int = 0,
         max_prompt_tokens: int = 0,
         make_replica: Callable[[], torch.nn.Module] | None = None,
+        make_rollout_engine: Callable[[], object] | None = None,
     ):
         super().__init__()
+        # grpo.rollout_engine=vllm: builds this rank's VLLMPolicy on first use (after the process group exists)
+        self.make_rollout_engine = make_rollout_engine
+        self.rollout_engine = None
         self.automatic_optimization = False
         self.model, self.tokenizer, self.cfg, self.sampling = model, tokenizer, cfg, sampling
         self.ref_model = ref_model
@@ -233,6 +250,10 @@ class GRPOModule(L.LightningModule):
             return -1  # ends the epoch: training is over
 
     def _policy(self, sampling: SamplingConfig) -> HFPolicy:
+        if self.make_rollout_engine is not None:  # vLLM: the engine gets the weights of the latest optimizer step
+            self.rollout_engine = self.rollout_engine or self.make_rollout_engine()
+            self.rollout_engine.sync_weights(self.model, step=self.global_step)
+            return self.rollout_engine.with_sampling(sampling)
         return HFPolicy(self._generator(), self.tokenizer, sampling, self.max_prompt_tokens)
 
     def _generator(self) -> torch.nn.Module:
@@ -273,6 +294,8 @@ class GRPOModule(L.LightningModule):
         engine = self.make_engine(self._policy(sampling))
         trajectories = engine.run(samples, repeats=cfg.group_size)
         rollout_s = time.perf_counter() - t0
+        if self.rollout_engine is not None:
+            self.rollout_engine.sleep()  # frees the engine's GPU memory for the update (grpo.vllm.sleep_level)
 
         rewards = torch.tensor([t.reward for t in trajectories], dtype=torch.float)
         batch_std = self._global_std(rewards) if cfg.std_scale == "batch" else None
@@ -280,6 +303,7 @@ class GRPOModule(L.LightningModule):
         zero = zero_std_groups(rewards, cfg.group_size)
         keep = (~zero).repeat_interleave(cfg.group_size) if cfg.drop_zero_std else torch.ones_like(rewards).bool()
         seqs = turn_sequences(trajectories, advantages, keep)
+        logp_diff = self._trainer_old_logprobs(seqs) if getattr(self.rollout_engine, "raw_logprobs", False) else None
         # A weight-0 stand-in for ranks left with no micro-batch (all their groups dropped): see _update.
         placeholder = turn_sequences(trajectories[:1], advantages[:1] * 0, keep[:1] | True)[:1]
 
@@ -311,6 +335,8 @@ class GRPOModule(L.LightningModule):
         for op in ("create", "read", "update", "delete"):
             logs[f"memory/{op}_per_episode"] = summary["ops_per_episode"].get(op, 0.0)
         logs.update(metrics)
+        if logp_diff is not None:
+            logs["grpo/logp_diff"] = logp_diff
         # Means over ranks (each rank's scalars describe its own share of the rollout batch).
         self.log_dict(
             {k: float(v) for k, v in logs.items()}, on_step=True, batch_size=1, sync_dist=self.trainer.world_size > 1
@@ -318,6 +344,31 @@ class GRPOModule(L.LightningModule):
         self.log("reward", float(rewards.mean()), prog_bar=True, logger=False, batch_size=1)
         if cfg.val_every and self.rollout_step % cfg.val_every == 0:
             self.validate_greedy()
+
+    @torch.no_grad()
+    def _trainer_old_logprobs(self, seqs: list[TurnSequence]) -> float:
+        """Raw-log-prob engines (vLLM): replace each sequence's old log-probs by the trainer's at the sampling
+        temperature; return the mean per-token |engine - trainer| gap at T = 1 (``grpo/logp_diff``)."""
+        mb, t = self.cfg.micro_batch_size, self.sampling.temperature
+        micros = [seqs[i : i + mb] for i in range(0, len(seqs), mb)]
+        # Sharded forwards are collectives: every rank runs as many (extra ones on a repeated micro-batch).
+        n = int(self.trainer.strategy.reduce(torch.tensor(float(len(micros)), device=self.device), reduce_op="max"))
+        gap, count = 0.0, 0
+        for k in range(n):
+            micro = micros[min(k, len(micros) - 1)] if micros else []
+            if not micro:
+                continue
+            b = {key: v.to(self.device) for key, v in pad_batch(micro, self.tokenizer.pad_token_id).items()}
+            raw, _ = token_logprobs(self.model, b, 1.0)
+            tempered = raw if t in (0.0, 1.0) else token_logprobs(self.model, b, t)[0]
+            if k >= len(micros):
+                continue
+            mask = b["mask"].bool()
+            gap += float(((raw - b["old_logprobs"]).abs() * mask).sum())
+            count += int(mask.sum())
+            for row, seq in enumerate(micro):
+                seq.old_logprobs = tempered[row][mask[row]].float().cpu()
+        return gap / max(count, 1)
 
     def _global_std(self, rewards: torch.Tensor) -> float | None:
         """The unbiased std of the rewards of all ranks (None on one process: group_advantages computes it)."""
