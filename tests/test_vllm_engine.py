@@ -168,7 +168,8 @@ def test_grpo_with_the_engine_takes_pi_old_from_the_trainer_and_logs_the_gap(tmp
         return make
 
     monkeypatch.setattr(fit, "vllm_engine_factory", factory)
-    overrides = ["grpo.max_steps=1", "grpo.group_size=2", "grpo.prompts_per_step=1", "grpo.rollout_engine=vllm", "grpo.vllm.sleep_level=1",
+    overrides = ["grpo.max_steps=1", "grpo.group_size=2", "grpo.prompts_per_step=1", "grpo.rollout_engine=vllm",
+                 "grpo.vllm.sleep_level=1",
                  "sampling.temperature=0.7", f"run.out_dir={tmp_path}"]  # fmt: skip
     p = fit.Pipeline(load_config(None, TINY + overrides))
     fit.run_grpo(p)
