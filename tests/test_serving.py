@@ -111,6 +111,7 @@ def test_evaluate_through_the_served_backend_with_the_judge_column(served, tmp_p
         assert r["served"]["requests"] == calls > 0  # every LLM call of the episode went to the server
         assert r["served"]["completion_tokens"] <= 8 * calls  # sampling.max_new_tokens reached the server
         assert 1 <= r["served"]["length_cut"] <= calls  # an 8-token cap cuts the reasoning replies
+        assert r["completion_tokens_per_episode"] == r["served"]["completion_tokens"] / r["episodes"] > 0
         assert r["judge_failed"] + (0 if r["judge"] is None else 1) >= 1  # one question: judged or counted
     results = json.loads((tmp_path / "served" / "eval" / "results.json").read_text())
     assert "judge" in results["methods"]["atommem"]

@@ -110,7 +110,11 @@ def evaluate(
             trajs = engine.run(samples, progress=lambda n, bar=bar: bar.update(n - bar.n))
         rows[method] = summarize(trajs, time.perf_counter() - start)
         if hasattr(policy, "usage"):  # a served policy: the server's token counts and length-cut replies
-            rows[method]["served"] = dataclasses.asdict(policy.usage)
+            usage, n = policy.usage, max(len(trajs), 1)
+            rows[method]["served"] = dataclasses.asdict(usage)
+            if usage.prompt_tokens and not rows[method]["prompt_tokens_per_episode"]:  # chat mode: no ids here
+                rows[method]["prompt_tokens_per_episode"] = usage.prompt_tokens / n
+                rows[method]["completion_tokens_per_episode"] = usage.completion_tokens / n
             policy.close()
         if judge is not None:
             rows[method].update(judge_summary(judge.judge_trajectories(trajs, samples)))
