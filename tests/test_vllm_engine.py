@@ -100,6 +100,13 @@ def test_names_from_peft_fsdp_lightning_and_compile_wrappers_map_to_checkpoint_n
     assert {k: hf_name(k) for k in cases} == cases
 
 
+def test_a_quantized_policy_with_the_vllm_engine_is_refused_naming_the_fields():
+    from atom.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"grpo\.rollout_engine=vllm.*model\.quantization must be none"):
+        load_config(None, ["grpo.rollout_engine=vllm", "model.quantization=4bit"])
+
+
 def test_lora_weights_stream_merged_and_load_strictly_into_a_plain_llama(tokenizer):
     peft = _attach_lora(_tiny_model(len(tokenizer), seed=1), LoraConfig(r=4, alpha=8))
     with torch.no_grad():
