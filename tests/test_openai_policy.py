@@ -236,3 +236,18 @@ def test_collection_appends_per_batch_keeps_finished_batches_when_the_server_fai
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["sample_id"] for r in rows].count("s4") == 2 and "judge" not in rows[0]
     assert collect(flaky, samples, out, repeats=2, batch=2)["written"] == 0  # complete: nothing to do
+
+
+def test_judged_lines_are_kept_on_their_judged_reward_and_unjudged_ones_are_not(tmp_path):
+    from atom.train.sft import read_demos
+
+    turn = {"messages": MSG, "completion": "<answer>Paris</answer>"}
+    rows = [
+        {"sample_id": "exact", "reward": 1.0, "judge": [0.0], "judge_reward": 0.0, "turns": [turn]},  # EM only
+        {"sample_id": "paraphrase", "reward": 0.0, "judge": [1.0], "judge_reward": 1.0, "turns": [turn]},
+        {"sample_id": "judge-failed", "reward": 1.0, "judge": [None], "judge_reward": None, "turns": [turn]},
+        {"sample_id": "no-judge", "reward": 1.0, "turns": [turn]},
+    ]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [d["reward"] for d in read_demos(path, min_reward=0.5)] == [1.0, 1.0]  # paraphrase and no-judge
