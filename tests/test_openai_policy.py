@@ -144,6 +144,14 @@ def test_a_bad_server_gives_a_clear_error_naming_the_url_after_the_retries(case)
         assert len(fake.requests) == 3
 
 
+def test_after_a_failed_request_the_unsent_ones_are_cancelled():
+    with FakeServer(lambda p, b: (500, {"error": "down"})) as fake:
+        policy = OpenAIPolicy(server(fake.url, retries=0, max_concurrency=1), SAMPLING)
+        with pytest.raises(ServerError, match="failed 1 times"):
+            policy.act([None] * 5, [MSG] * 5)
+        assert len(fake.requests) <= 2  # not one failing request per prompt
+
+
 def test_a_refused_connection_is_retried_then_named():
     url = f"http://127.0.0.1:{free_port()}/v1"
     policy = OpenAIPolicy(server(url, retries=1), SAMPLING)

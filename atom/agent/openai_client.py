@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -135,14 +135,20 @@ class ServingClient:
     def map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         """``fn(item)`` for every item, at most ``max_concurrency`` at once; results in input order.
 
-        The first failure is raised after the other in-flight requests finish (nothing is left running)."""
+        After the first failure the requests not yet sent are cancelled (a server that is down fails once, not
+        once per prompt); the error is raised when the ones in flight have finished (nothing is left running)."""
         futures = [self._pool.submit(fn, item) for item in items]
         results, first_error = [], None
         for fut in futures:
             try:
                 results.append(fut.result())
+            except CancelledError:
+                continue
             except Exception as exc:  # noqa: BLE001 - re-raised once all requests are done
-                first_error = first_error or exc
+                if first_error is None:
+                    first_error = exc
+                    for other in futures:
+                        other.cancel()
         if first_error is not None:
             raise first_error
         return results
