@@ -11,9 +11,15 @@ import torch
 from atom.agent.hf_policy import SamplingConfig, centre_truncate, encode_prompt
 from atom.agent.openai_client import ServerConfig, ServerError
 from atom.agent.openai_policy import OpenAIPolicy, UnsupportedServer, with_strategy
+from atom.agent.rollout import Observation
 from atom.eval.judge import Judge, JudgeConfig, judge_summary, judged_reward, parse_verdict
 from atom.train.collection import collect, done_counts
 from tests.openai_fakes import FakeServer, chat_reply, vllm_completion
+
+
+def obs(messages):
+    return [Observation(m) for m in messages]
+
 
 MSG = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
 SAMPLING = SamplingConfig(temperature=0.0, max_new_tokens=8, seed=1)
@@ -37,7 +43,7 @@ def test_chat_mode_sends_every_prompt_of_a_step_at_once_and_counts_length_cut_re
     with FakeServer(handler) as fake:
         policy = OpenAIPolicy(server(fake.url, max_concurrency=8), SAMPLING)
         msgs = [[{"role": "user", "content": f"q{i}"}] for i in range(6)]
-        replies = policy.act([None] * 6, msgs)
+        replies = policy.act(obs(msgs))
         assert [r.text for r in replies] == [f"re:q{i}" for i in range(6)]  # input order kept
         assert fake.max_in_flight == 6  # one lockstep step: all requests in flight together
         assert policy.usage.requests == 6 and policy.usage.length_cut == 1
@@ -53,7 +59,7 @@ def test_chat_mode_sends_every_prompt_of_a_step_at_once_and_counts_length_cut_re
 def test_concurrency_is_capped_by_max_concurrency():
     with FakeServer(lambda p, b: (200, ("sleep", 0.2, chat_reply("x")))) as fake:
         policy = OpenAIPolicy(server(fake.url, max_concurrency=2), SAMPLING)
-        policy.act([None] * 5, [MSG] * 5)
+        policy.act(obs([MSG] * 5))
         assert fake.max_in_flight == 2
 
 
@@ -64,7 +70,7 @@ def test_teacher_strategy_reaches_the_server_but_not_the_stored_turn():
     with FakeServer(lambda p, b: (200, chat_reply("ok"))) as fake:
         policy = OpenAIPolicy(server(fake.url), SAMPLING, strategy="plan")
         messages = [list(MSG)]
-        policy.act([None], messages)
+        policy.act(obs(messages))
         assert fake.requests[0][1]["messages"][0]["content"] == "be brief\n\nplan"
         assert messages[0][0]["content"] == "be brief"
 
@@ -78,7 +84,7 @@ def test_served_model_name_is_asked_once_when_the_config_leaves_it_empty():
 
     with FakeServer(handler) as fake:
         policy = OpenAIPolicy(ServerConfig(base_url=fake.url, backoff_s=0), SAMPLING)
-        assert [r.text for r in policy.act([None] * 3, [MSG] * 3)] == ["served-7b"] * 3
+        assert [r.text for r in policy.act(obs([MSG] * 3))] == ["served-7b"] * 3
         assert sum(p == "/v1/models" for p, _ in fake.requests) == 1
 
 
@@ -100,15 +106,15 @@ def test_tokens_mode_request_and_reply_contract_on_a_vllm_shaped_reply(tokenizer
     with FakeServer(handler) as fake:
         long = [{"role": "user", "content": "word " * 400}]
         policy = OpenAIPolicy(server(fake.url, mode="tokens"), SAMPLING, tokenizer, max_prompt_tokens=64)
-        short, cut = policy.act([None] * 2, [MSG, long])
-        path, body = fake.requests[0]
+        short, cut = policy.act(obs([MSG, long]))
+        path, body = min(fake.requests, key=lambda r: len(r[1]["prompt"]))  # the short prompt's request
         assert path == "/v1/completions"
         assert body["prompt"] == encode_prompt(tokenizer, MSG)  # token ids, templated here
         assert body["logprobs"] == 0 and body["return_token_ids"] and body["return_tokens_as_token_ids"]
         assert body["top_k"] == 0
         assert short.prompt_ids.tolist() == encode_prompt(tokenizer, MSG)
         assert cut.prompt_ids.tolist() == centre_truncate(encode_prompt(tokenizer, long), 64)
-        assert policy.usage.truncated_prompts == 1
+        assert policy.usage.truncated_prompts == 1 and cut.truncated and not short.truncated
         assert short.completion_ids.tolist() == [11, 12, eos]  # EOS kept, as HFPolicy keeps it
         assert torch.allclose(short.logprobs, torch.tensor([-0.5, -1.25, -0.125]))
         assert short.completion_ids.dtype == torch.long and short.logprobs.dtype == torch.float
@@ -118,7 +124,7 @@ def test_tokens_mode_against_a_server_without_logprobs_fails_at_once_with_advice
     with FakeServer(lambda p, b: (200, {"choices": [{"index": 0, "text": "hi", "finish_reason": "stop"}]})) as fake:
         policy = OpenAIPolicy(server(fake.url, mode="tokens"), SAMPLING, tokenizer)
         with pytest.raises(ServerError, match="server.mode=chat") as err:
-            policy.act([None], [MSG])
+            policy.act(obs([MSG]))
         assert isinstance(err.value.__cause__, UnsupportedServer)
         assert len(fake.requests) == 1  # not retried: the server cannot do it
 
@@ -139,7 +145,7 @@ def test_a_bad_server_gives_a_clear_error_naming_the_url_after_the_retries(case)
     with FakeServer(BAD[case]) as fake:
         policy = OpenAIPolicy(server(fake.url, retries=2, timeout_s=0.5), SAMPLING)
         with pytest.raises(ServerError) as err:
-            policy.act([None], [MSG])
+            policy.act(obs([MSG]))
         assert fake.url in str(err.value) and "failed 3 times" in str(err.value)
         assert len(fake.requests) == 3
 
@@ -148,7 +154,7 @@ def test_after_a_failed_request_the_unsent_ones_are_cancelled():
     with FakeServer(lambda p, b: (500, {"error": "down"})) as fake:
         policy = OpenAIPolicy(server(fake.url, retries=0, max_concurrency=1), SAMPLING)
         with pytest.raises(ServerError, match="failed 1 times"):
-            policy.act([None] * 5, [MSG] * 5)
+            policy.act(obs([MSG] * 5))
         assert len(fake.requests) <= 2  # not one failing request per prompt
 
 
@@ -156,17 +162,17 @@ def test_a_refused_connection_is_retried_then_named():
     url = f"http://127.0.0.1:{free_port()}/v1"
     policy = OpenAIPolicy(server(url, retries=1), SAMPLING)
     with pytest.raises(ServerError, match=r"127\.0\.0\.1.*failed 2 times.*APIConnectionError"):
-        policy.act([None], [MSG])
+        policy.act(obs([MSG]))
 
 
 def test_a_client_error_is_not_retried_and_a_passing_glitch_is():
     with FakeServer(lambda p, b: (400, {"detail": "unknown model 'fake'"})) as fake:
         with pytest.raises(ServerError, match="retrying cannot help.*unknown model"):
-            OpenAIPolicy(server(fake.url), SAMPLING).act([None], [MSG])
+            OpenAIPolicy(server(fake.url), SAMPLING).act(obs([MSG]))
         assert len(fake.requests) == 1
     answers = iter([(503, {"error": "loading"}), (200, chat_reply("fine"))])
     with FakeServer(lambda p, b: next(answers)) as fake:
-        assert OpenAIPolicy(server(fake.url), SAMPLING).act([None], [MSG])[0].text == "fine"
+        assert OpenAIPolicy(server(fake.url), SAMPLING).act(obs([MSG]))[0].text == "fine"
 
 
 # -- the judge ----------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from atom.agent.hf_policy import HFPolicy, SamplingConfig, encode_prompt
+from atom.agent.rollout import Observation
 from atom.agent.vllm_engine import VLLMPolicy, hf_name, hf_weights
 from atom.train.models import LoraConfig, ModelConfig, _attach_lora, _tiny_model, load_tokenizer
 
@@ -84,6 +85,10 @@ def fake_policy(tokenizer, sampling, sleep_level=0, seed=5):
     return VLLMPolicy(llm, tokenizer, sampling, sleep_level=sleep_level, make_params=SimpleNamespace)
 
 
+def obs(messages):
+    return [Observation(m) for m in messages]
+
+
 MSGS = [[{"role": "user", "content": "hello"}], [{"role": "user", "content": "a longer prompt " * 6}]]
 
 
@@ -132,17 +137,17 @@ def test_reply_contract_matches_hf_policy_and_seeds_repeat(tokenizer):
     assert policy.sync_weights(trainer, step=0) == len(list(trainer.parameters()))
     assert policy.sync_weights(trainer, step=0) == 0  # the engine already holds this step's weights
     assert sorted(policy.llm.model.loaded) == sorted(n for n, _ in trainer.named_parameters())  # strict, each once
-    replies = policy.act([None, None], MSGS)
-    hf = HFPolicy(trainer, tokenizer, sampling).act([None, None], MSGS)
+    replies = policy.act(obs(MSGS))
+    hf = HFPolicy(trainer, tokenizer, sampling).act(obs(MSGS))
     for r, h, m in zip(replies, hf, MSGS):
         assert r.prompt_ids.tolist() == encode_prompt(tokenizer, m) == h.prompt_ids.tolist()
         assert r.completion_ids.tolist() == h.completion_ids.tolist()  # same weights, greedy: same tokens
-        assert r.completion_ids.dtype == torch.long and r.logprobs.dtype == torch.float
+        assert r.completion_ids.dtype == torch.long and r.logprobs.dtype == torch.float and not r.truncated
         assert len(r.logprobs) == len(r.completion_ids) and (r.logprobs <= 0).all()
         torch.testing.assert_close(r.logprobs, h.logprobs, atol=1e-4, rtol=1e-4)  # T = 1 (greedy): raw == HF
     sampled = SamplingConfig(temperature=1.0, max_new_tokens=6, seed=9)
-    a = fake_policy(tokenizer, sampled).act([None], MSGS[:1])[0].completion_ids.tolist()
-    b = fake_policy(tokenizer, sampled).act([None], MSGS[:1])[0].completion_ids.tolist()
+    a = fake_policy(tokenizer, sampled).act(obs(MSGS[:1]))[0].completion_ids.tolist()
+    b = fake_policy(tokenizer, sampled).act(obs(MSGS[:1]))[0].completion_ids.tolist()
     assert a == b  # a seeded rollout repeats
 
 
@@ -150,10 +155,10 @@ def test_sleep_mode_wraps_rollouts_and_level_2_resends_the_weights(tokenizer):
     policy = fake_policy(tokenizer, SamplingConfig(max_new_tokens=2), sleep_level=2)
     trainer = _tiny_model(len(tokenizer), seed=0)
     policy.sync_weights(trainer, step=0)
-    policy.act([None], MSGS[:1])
+    policy.act(obs(MSGS[:1]))
     policy.sleep()
     policy.sync_weights(trainer, step=0)  # level 2 dropped the weights: same step, sent again after waking
-    policy.act([None], MSGS[:1])
+    policy.act(obs(MSGS[:1]))
     assert policy.llm.events == ["reset_prefix_cache", "generate", "sleep2", "wake_up", "reset_prefix_cache",
                                  "generate"]  # fmt: skip
 

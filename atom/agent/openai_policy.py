@@ -27,7 +27,7 @@ import torch
 from atom.agent.hf_policy import SamplingConfig, centre_truncate, encode_prompt
 from atom.agent.openai_client import MalformedReply, ServerConfig, ServerError, ServingClient, choice_of
 from atom.agent.prompts import Messages
-from atom.agent.rollout import Reply
+from atom.agent.rollout import Observation, Reply
 
 
 @dataclass
@@ -74,22 +74,28 @@ class OpenAIPolicy:
         self._lock = threading.Lock()
         self.eos_ids = [tokenizer.eos_token_id] if tokenizer is not None else []
 
-    def act(self, episodes: Sequence, messages: Sequence[Messages]) -> list[Reply]:
+    def act(self, observations: Sequence[Observation]) -> list[Reply]:
+        """One request per observation's ``messages``, all sent concurrently; replies in order."""
         self.calls += 1
+        messages = [o.messages for o in observations]
         seeds = [self.sampling.seed + 100_003 * self.calls + i for i in range(len(messages))]
         if self.server.mode == "chat":
             return self.client.map(self._chat, list(zip(messages, seeds)))
-        prompts = [self.encode(m) for m in messages]
-        return self.client.map(self._tokens, list(zip(prompts, seeds)))
+        encoded = [self.encode(m) for m in messages]
+        replies = self.client.map(self._tokens, [(ids, seed) for (ids, _), seed in zip(encoded, seeds)])
+        for reply, (_, cut) in zip(replies, encoded):
+            reply.truncated = cut
+        return replies
 
-    def encode(self, messages: Messages) -> list[int]:
-        """Tokens mode: the prompt ids exactly as HFPolicy builds them (template, then centre truncation)."""
+    def encode(self, messages: Messages) -> tuple[list[int], bool]:
+        """Tokens mode: (prompt ids exactly as HFPolicy builds them: template, then centre truncation; whether
+        they were cut)."""
         ids = encode_prompt(self.tokenizer, with_strategy(messages, self.strategy), self.sampling.thinking)
         if self.max_prompt_tokens and len(ids) > self.max_prompt_tokens:
             with self._lock:
                 self.usage.truncated_prompts += 1
-            ids = centre_truncate(ids, self.max_prompt_tokens)
-        return ids
+            return centre_truncate(ids, self.max_prompt_tokens), True
+        return ids, False
 
     def _params(self, seed: int) -> dict:
         s = self.sampling

@@ -31,8 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from atom.agent.hf_policy import SamplingConfig, centre_truncate, encode_prompt
-from atom.agent.prompts import Messages
-from atom.agent.rollout import Reply
+from atom.agent.rollout import Observation, Reply
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +110,6 @@ class VLLMPolicy:
         self.make_params = make_params
         self.eos_ids = sorted({tokenizer.eos_token_id} - {None})
         self.calls = 0
-        self.truncated_prompts = 0
         self.synced_step = -1  # optimizer step whose weights the engine holds
         self.sync_s = 0.0  # seconds spent streaming weights (last sync)
         self.asleep = False
@@ -167,15 +165,14 @@ class VLLMPolicy:
 
     # -- the Policy role -----------------------------------------------------------------------------------------
 
-    def encode(self, messages: Messages) -> list[int]:
-        ids = encode_prompt(self.tokenizer, messages, self.sampling.thinking)
-        if self.max_prompt_tokens and len(ids) > self.max_prompt_tokens:
-            self.truncated_prompts += 1
-            ids = centre_truncate(ids, self.max_prompt_tokens)
-        return ids
-
-    def act(self, episodes: Sequence, messages: Sequence[Messages]) -> list[Reply]:
-        return self.generate_ids([self.encode(m) for m in messages])
+    def act(self, observations: Sequence[Observation]) -> list[Reply]:
+        """As ``HFPolicy.act``: template and centre truncation here, ``Reply.truncated`` marks cut prompts."""
+        full = [encode_prompt(self.tokenizer, o.messages, self.sampling.thinking) for o in observations]
+        limit = self.max_prompt_tokens
+        replies = self.generate_ids([centre_truncate(ids, limit) if limit else ids for ids in full])
+        for reply, ids in zip(replies, full):
+            reply.truncated = bool(limit) and len(ids) > limit
+        return replies
 
     def generate_ids(self, prompts: list[list[int]]) -> list[Reply]:
         s = self.sampling
