@@ -163,6 +163,7 @@ def test_sleep_mode_wraps_rollouts_and_level_2_resends_the_weights(tokenizer):
                                  "generate"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_grpo_with_the_engine_takes_pi_old_from_the_trainer_and_logs_the_gap(tmp_path, monkeypatch, tokenizer):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
