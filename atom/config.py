@@ -82,6 +82,11 @@ class Config:
                 f"trainer.strategy={self.trainer.strategy} with model.quantization={self.model.quantization} is not "
                 "supported: use trainer.strategy=ddp (QLoRA keeps one 4-bit copy per GPU)"
             )
+        if self.grpo.rollout_engine == "vllm" and self.model.quantization != "none":
+            raise ValueError(
+                "grpo.rollout_engine=vllm streams the merged full-precision weights into the engine: "
+                f"model.quantization must be none, got {self.model.quantization}"
+            )
         if "grpo" in self.run.stages and self.model.lora.enabled and self.model.lora.dropout > 0:
             raise ValueError(
                 f"model.lora.dropout must be 0 when run.stages has grpo, got {self.model.lora.dropout}: rollouts "

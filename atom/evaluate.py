@@ -30,7 +30,8 @@ def run(cfg: Config, progress: bool = True, tag: str = "", overwrite: bool = Fal
         cfg = dataclasses.replace(cfg, model=model)
     p = pipeline.build(cfg)
     p.data.require("val", "evaluation")
-    model = pipeline.load_policy(p) if any(m != "oracle" for m in cfg.eval.methods) else None
+    served = cfg.model.backend == "openai"  # the policy behind model.server: no local weights
+    model = pipeline.load_policy(p) if not served and any(m != "oracle" for m in cfg.eval.methods) else None
     out_dir = eval_dir(cfg.run.dir, tag, overwrite)  # claimed only once the inputs have been checked
     save_config(resolved, out_dir)
     rows = pipeline.evaluate(model, p, out_dir, progress=progress)

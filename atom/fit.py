@@ -17,7 +17,7 @@ from pathlib import Path
 from atom import pipeline
 from atom.cli import entry_point
 from atom.cli import parser as cli_parser
-from atom.config import Config, load_config, save_config
+from atom.config import Config, ConfigError, load_config, save_config
 from atom.data.records import DataError
 from atom.eval.report import markdown_table
 from atom.rundir import hold
@@ -45,6 +45,8 @@ def _fit(cfg: Config) -> dict:
     """Run ``cfg.run.stages`` in order. ``eval`` may appear more than once (e.g. ``[sft, eval, grpo, eval]``); each
     evaluation is labelled by the training stages run before it: ``(before)``, ``(after sft)``, ``(after sft+grpo)``,
     or no label when the run trains nothing. Evaluation and saving run on global rank zero only."""
+    if cfg.model.backend != "hf":
+        raise ConfigError("atom.fit trains local weights: model.backend must be hf (a served model: atom.evaluate)")
     p = pipeline.build(cfg)
     for stage, split in (("sft", "train"), ("grpo", "train"), ("eval", "val")):  # fail before any stage runs
         if stage in cfg.run.stages and not (stage == "sft" and cfg.sft.demos):

@@ -34,6 +34,7 @@ from atom.data.chunker import TokenChunker
 from atom.data.datamodule import AtomDataModule
 from atom.data.records import DataError
 from atom.eval import harness
+from atom.eval.judge import build_judge
 from atom.memory.embedder import Embedder, build_embedder
 from atom.train.grpo import GRPOModule
 from atom.train.models import context_window, load_model, load_tokenizer, restart_lora
@@ -151,6 +152,7 @@ def grpo(model, p: Pieces, restart_adapters: bool = False):
     module = GRPOModule(
         model, p.tokenizer, cfg.grpo, cfg.sampling, p.engine, seed=cfg.run.seed,
         max_prompt_tokens=p.max_prompt_tokens(model),
+        make_rollout_engine=vllm_engine_factory(p, model) if cfg.grpo.rollout_engine == "vllm" else None,
     )  # fmt: skip
     validate = bool(cfg.grpo.val_every and p.data.val_samples)
     trainer = build_trainer(
@@ -163,6 +165,24 @@ def grpo(model, p: Pieces, restart_adapters: bool = False):
     return trained
 
 
+def vllm_engine_factory(p: Pieces, model):
+    """Builds this rank's colocated vLLM engine (``atom.agent.vllm_engine``) for the configured model's weights;
+    called by GRPO on first use, once the process group exists."""
+
+    def make():
+        from atom.agent.vllm_engine import build_vllm_policy
+        from atom.train.models import pretrained_dir
+
+        try:
+            source = str(pretrained_dir(p.cfg.model))
+        except ValueError:  # a hub id: vLLM loads it by name (the trained weights are streamed in anyway)
+            source = p.cfg.model.name_or_path
+        limit, seed = p.max_prompt_tokens(model), p.cfg.run.seed + p.rank
+        return build_vllm_policy(source, p.tokenizer, p.cfg.sampling, p.cfg.grpo.vllm, limit, seed=seed)
+
+    return make
+
+
 def evaluate(model, p: Pieces, out_dir: Path, progress: bool = True) -> dict[str, dict]:
     """The evaluation table of ``eval.methods`` on the first ``eval.max_samples`` validation samples, written to
     ``out_dir``. The model (None for the oracle alone) goes to ``p.device`` first; a quantized one stays where it
@@ -171,11 +191,15 @@ def evaluate(model, p: Pieces, out_dir: Path, progress: bool = True) -> dict[str
     if model is not None and cfg.model.quantization == "none":
         model.to(p.device)
     samples = p.data.require("val", "evaluation")[: cfg.eval.max_samples or None]
+    judge = build_judge(cfg.eval.judge)  # None unless eval.judge names a server
     rows, _ = harness.evaluate(
         samples, cfg.eval.methods, agent=cfg.agent, ecfg=cfg.eval, sampling=cfg.sampling,
         chunker=p.chunker, embedder=p.embedder, memory_cfg=cfg.memory, model=model, tokenizer=p.tokenizer,
         window_tokens=p.window(model), out_dir=out_dir, progress=progress,
+        server=cfg.model.server if cfg.model.backend == "openai" else None, judge=judge,
     )  # fmt: skip
+    if judge is not None:
+        judge.close()
     return rows
 
 

@@ -17,9 +17,11 @@ from tqdm.auto import tqdm
 
 from atom.agent.episode import AgentConfig
 from atom.agent.hf_policy import HFPolicy, SamplingConfig
+from atom.agent.openai_client import ServerConfig
 from atom.agent.rollout import RolloutEngine, Trajectory, atommem_episode
 from atom.data.chunker import TokenChunker
 from atom.data.longcontext import LongContextSample
+from atom.eval.judge import Judge, JudgeConfig, judge_summary
 from atom.eval.report import markdown_table, summarize, write_results
 from atom.eval.viewer import write_viewer
 
@@ -37,6 +39,7 @@ class EvalConfig:
     memagent_memory_chars: int = 2000  # MemAgent baseline: bound on the rewritten memory
     full_context_tokens: int = 0  # full-context baseline budget; 0 = model window minus sampling.max_new_tokens
     before_training: bool = False  # atom.fit: also evaluate the untrained policy (a before/after table)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)  # LLM judge column (pass/fail per question); off if no URL
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in METHODS]
@@ -74,8 +77,14 @@ def evaluate(
     window_tokens: int = 2048,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    server: ServerConfig | None = None,
+    judge: Judge | None = None,
 ) -> tuple[dict[str, dict], dict[str, list[Trajectory]]]:
-    """Run each method over ``samples``; return (summary per method, trajectories per method)."""
+    """Run each method over ``samples``; return (summary per method, trajectories per method).
+
+    ``server``: the policy is served (``model.backend=openai``) instead of ``model``. ``judge``: adds the
+    ``judge`` and ``judge_failed`` columns.
+    """
     from atom.agent.oracle import OraclePolicy
 
     greedy = dataclasses.replace(sampling, temperature=ecfg.temperature)
@@ -84,6 +93,10 @@ def evaluate(
     for method in methods:
         if method == "oracle":
             policy = OraclePolicy()
+        elif server is not None:
+            from atom.agent.openai_policy import OpenAIPolicy
+
+            policy = OpenAIPolicy(server, greedy, tokenizer, max_prompt_tokens=window_tokens - greedy.max_new_tokens)
         else:
             if model is None:
                 raise ValueError(f"eval method '{method}' needs a model")
@@ -96,6 +109,15 @@ def evaluate(
         with tqdm(total=len(samples), desc=f"eval {method}", disable=not progress, leave=False) as bar:
             trajs = engine.run(samples, progress=lambda n, bar=bar: bar.update(n - bar.n))
         rows[method] = summarize(trajs, time.perf_counter() - start)
+        if hasattr(policy, "usage"):  # a served policy: the server's token counts and length-cut replies
+            usage, n = policy.usage, max(len(trajs), 1)
+            rows[method]["served"] = dataclasses.asdict(usage)
+            if usage.prompt_tokens and not rows[method]["prompt_tokens_per_episode"]:  # chat mode: no ids here
+                rows[method]["prompt_tokens_per_episode"] = usage.prompt_tokens / n
+                rows[method]["completion_tokens_per_episode"] = usage.completion_tokens / n
+            policy.close()
+        if judge is not None:
+            rows[method].update(judge_summary(judge.judge_trajectories(trajs, samples)))
         trajectories[method] = trajs
         log.info("%s: EM %.1f F1 %.1f", method, rows[method]["em"], rows[method]["f1"])
     if out_dir is not None:

@@ -65,13 +65,18 @@ def markdown_table(rows: dict[str, dict]) -> str:
         "| method | EM (SQuAD) | F1 (SQuAD) | release EM | create | read | update | delete | invalid | store "
         "| LLM calls | tokens (in/out) | facts stored | facts retrieved | wall s |"
     )
-    lines = [head, "|" + "---|" * 15]
+    judged = any("judge" in r for r in rows.values())
+    if judged:  # the LLM judge's column sits next to EM/F1 (judged questions; failures counted apart)
+        head = head.replace("| F1 (SQuAD) |", "| F1 (SQuAD) | judge (failed) |")
+    lines = [head, "|" + "---|" * (15 + judged)]
     for name, r in rows.items():
         ops, rate = r["ops_per_episode"], r.get("ops_per_turn", {})
         pct = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
         op = lambda k, ops=ops, rate=rate: f"{ops.get(k, 0):.1f} ({rate.get(k, 0):.2f})"  # noqa: E731
         lines.append(
-            f"| {name} | {r['em']:.1f} | {r['f1']:.1f} | {r.get('release_em', 0):.1f} | {op('create')} "
+            f"| {name} | {r['em']:.1f} | {r['f1']:.1f} |"
+            + (f" {pct(r.get('judge'))} ({r.get('judge_failed', 0)}) |" if judged else "")
+            + f" {r.get('release_em', 0):.1f} | {op('create')} "
             f"| {op('read')} | {op('update')} | {op('delete')} | {r['invalid_per_episode']:.1f} "
             f"| {r['mean_store_size']:.1f} | {r['llm_calls_per_episode']:.1f} "
             f"| {r['prompt_tokens_per_episode']:.0f}/{r['completion_tokens_per_episode']:.0f} "

@@ -27,6 +27,14 @@ step), resume and validation (greedy, every ``val_every`` rollout steps) line up
 the policy is sharded and ranks make different numbers of ``generate`` calls, so generation (rollouts and
 validation) runs on an unsharded copy of the policy per rank, in the compute dtype, refreshed by streaming the
 sharded weights after the rollout step's optimizer steps; it is not a submodule, so no checkpoint holds it.
+
+Rollout engine ``rollout_engine``: ``hf`` (``HFPolicy``: transformers ``generate`` records log_softmax(logits / T)
+while sampling, so its log-probs are pi_old as they are) or ``vllm`` (``atom.agent.vllm_engine``: a colocated vLLM
+engine, weights streamed in after every optimizer step). vLLM's log-probs are the raw model's, before temperature:
+they equal pi_old only at T = 1, and then only up to kernel numerics. The rule: with an engine whose log-probs are
+raw, pi_old always comes from the trainer's own forward (one extra no-grad forward over the rollout batch, at the
+sampling temperature), and ``grpo/logp_diff`` logs the mean |engine - trainer| log-prob gap at T = 1 per token
+(a growing gap means the engine and the trainer no longer hold the same weights or numerics).
 """
 
 from __future__ import annotations
@@ -36,13 +44,14 @@ import dataclasses
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lightning as L
 import torch
 
 from atom.agent.hf_policy import HFPolicy, SamplingConfig
 from atom.agent.rollout import RolloutEngine, Trajectory
+from atom.agent.vllm_engine import VLLMConfig
 from atom.data.longcontext import LongContextSample
 from atom.eval.report import summarize
 from atom.train.losses import (
@@ -78,6 +87,8 @@ class GRPOConfig:
     val_every: int = 0  # rollout steps between greedy validations on val samples; 0 = never
     val_samples: int = 8  # validation samples per validation
     checkpoint_every: int = 10  # rollout steps between kept checkpoints (last.ckpt is rewritten every step)
+    rollout_engine: str = "hf"  # hf: transformers generate | vllm: colocated vLLM engine (CUDA, pip install atom[vllm])
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)  # the vLLM engine of rollout_engine=vllm
 
     def __post_init__(self) -> None:
         if self.std_scale not in STD_SCALES:
@@ -87,6 +98,8 @@ class GRPOConfig:
         for name in ("group_size", "prompts_per_step", "max_steps", "updates_per_batch", "micro_batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"grpo.{name} must be > 0, got {getattr(self, name)}")
+        if self.rollout_engine not in ("hf", "vllm"):
+            raise ValueError(f"grpo.rollout_engine must be hf or vllm, got '{self.rollout_engine}'")
         if self.group_size < 2:
             raise ValueError(
                 f"grpo.group_size must be >= 2, got {self.group_size}: the advantage is a reward minus its group's "
@@ -184,12 +197,16 @@ class GRPOModule(L.LightningModule):
         make_engine: Callable[[HFPolicy], RolloutEngine],
         seed: int = 0,
         max_prompt_tokens: int = 0,
+        make_rollout_engine: Callable[[], object] | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
         self.model, self.tokenizer, self.cfg, self.sampling = model, tokenizer, cfg, sampling
         self.make_engine, self.seed = make_engine, seed
         self.max_prompt_tokens = max_prompt_tokens
+        # grpo.rollout_engine=vllm: builds this rank's VLLMPolicy on first use (after the process group exists)
+        self.make_rollout_engine = make_rollout_engine
+        self.rollout_engine = None
         # FSDP: the policy's module tree on the meta device; a plain attribute, not a submodule
         object.__setattr__(self, "skeleton", None)
         self._hold("ref_model", None)
@@ -236,6 +253,10 @@ class GRPOModule(L.LightningModule):
         self.refresh_generation_model()  # after a resumed checkpoint was loaded into the shards
 
     def _policy(self, sampling: SamplingConfig) -> HFPolicy:
+        if self.make_rollout_engine is not None:  # vLLM: the engine gets the weights of the latest optimizer step
+            self.rollout_engine = self.rollout_engine or self.make_rollout_engine()
+            self.rollout_engine.sync_weights(self.model, step=self.global_step)
+            return self.rollout_engine.with_sampling(sampling)
         model = self.generation_model if self.generation_model is not None else self.model
         return HFPolicy(model, self.tokenizer, sampling, self.max_prompt_tokens)
 
@@ -254,6 +275,8 @@ class GRPOModule(L.LightningModule):
         t0 = time.perf_counter()
         trajectories, engine = self.rollout(batch, sampling, cfg.group_size)
         rollout_s = time.perf_counter() - t0
+        if self.rollout_engine is not None:
+            self.rollout_engine.sleep()  # frees the engine's GPU memory for the update (grpo.vllm.sleep_level)
 
         rewards = torch.tensor([t.reward for t in trajectories], dtype=torch.float)
         batch_std = self._global_std(rewards) if cfg.std_scale == "batch" else None
@@ -261,6 +284,7 @@ class GRPOModule(L.LightningModule):
         zero = zero_std_groups(rewards, cfg.group_size)
         keep = (~zero).repeat_interleave(cfg.group_size) if cfg.drop_zero_std else torch.ones_like(rewards).bool()
         seqs = turn_sequences(trajectories, advantages, keep)
+        logp_diff = self._trainer_old_logprobs(seqs) if getattr(self.rollout_engine, "raw_logprobs", False) else None
         # A weight-0 stand-in for ranks left with no micro-batch (all their groups dropped): see _update.
         placeholder = turn_sequences(trajectories[:1], advantages[:1] * 0, keep[:1] | True)[:1]
 
@@ -294,11 +318,38 @@ class GRPOModule(L.LightningModule):
             logs[f"memory/{op}_per_episode"] = summary["ops_per_episode"].get(op, 0.0)
             logs[f"memory/{op}_per_turn"] = summary["ops_per_turn"].get(op, 0.0)  # the paper's usage figure
         logs.update(metrics)
+        if logp_diff is not None:
+            logs["grpo/logp_diff"] = logp_diff
         # Means over ranks (each rank's scalars describe its own share of the rollout batch).
         self.log_dict(
             {k: float(v) for k, v in logs.items()}, on_step=True, batch_size=1, sync_dist=self.trainer.world_size > 1
         )
         self.log("reward", float(rewards.mean()), prog_bar=True, logger=False, batch_size=1)
+
+    @torch.no_grad()
+    def _trainer_old_logprobs(self, seqs: list[TurnSequence]) -> float:
+        """Raw-log-prob engines (vLLM): replace each sequence's old log-probs by the trainer's at the sampling
+        temperature; return the mean per-token |engine - trainer| gap at T = 1 (``grpo/logp_diff``)."""
+        mb, t = self.cfg.micro_batch_size, self.sampling.temperature
+        micros = [seqs[i : i + mb] for i in range(0, len(seqs), mb)]
+        # Sharded forwards are collectives: every rank runs as many (extra ones on a repeated micro-batch).
+        n = int(self.trainer.strategy.reduce(torch.tensor(float(len(micros)), device=self.device), reduce_op="max"))
+        gap, count = 0.0, 0
+        for k in range(n):
+            micro = micros[min(k, len(micros) - 1)] if micros else []
+            if not micro:
+                continue
+            b = {key: v.to(self.device) for key, v in pad_batch(micro, self.tokenizer.pad_token_id).items()}
+            raw, _ = token_logprobs(self.model, b, 1.0)
+            tempered = raw if t in (0.0, 1.0) else token_logprobs(self.model, b, t)[0]
+            if k >= len(micros):
+                continue
+            mask = b["mask"].bool()
+            gap += float(((raw - b["old_logprobs"]).abs() * mask).sum())
+            count += int(mask.sum())
+            for row, seq in enumerate(micro):
+                seq.old_logprobs = tempered[row][mask[row]].float().cpu()
+        return gap / max(count, 1)
 
     def _global_std(self, rewards: torch.Tensor) -> float | None:
         """The unbiased std of the rewards of all ranks (None on one process: group_advantages computes it)."""

@@ -13,6 +13,7 @@ loads read the cached safetensors. bf16 and 4-bit (bitsandbytes NF4, QLoRA) appl
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import logging
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from atom.agent.openai_client import ServerConfig
+
 log = logging.getLogger(__name__)
 
 EMBEDDED = "smollm2"
@@ -29,6 +32,7 @@ TINY = "tiny"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "4bit", "8bit")
+BACKENDS = ("hf", "openai")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -60,8 +64,14 @@ class ModelConfig:
     trust_remote_code: bool = False  # allow model code from the hub (off: never run downloaded code by default)
     cache_dir: str = "~/.cache/atom/models"  # where de-quantized GGUF models are cached as safetensors
     max_context_tokens: int = 0  # the model's usable context window; 0 = read max_position_embeddings
+    backend: str = "hf"  # hf: weights loaded here | openai: served (model.server; evaluate/collect only)
+    server: ServerConfig = field(default_factory=ServerConfig)  # the OpenAI-compatible server of backend=openai
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"model.backend must be one of {list(BACKENDS)}, got '{self.backend}'")
+        if self.backend == "openai" and not self.server.base_url:
+            raise ValueError("model.backend=openai needs model.server.base_url (e.g. http://localhost:8000/v1)")
         if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype must be one of {list(DTYPES)}, got '{self.dtype}'")
         if self.quantization not in QUANTIZATIONS:
@@ -250,6 +260,23 @@ def _attach_lora(model, cfg: LoraConfig):
     return get_peft_model(model, peft_cfg)
 
 
+def pretrained_dir(cfg: ModelConfig) -> Path:
+    """A transformers-layout directory of ``cfg``'s weights (config, safetensors, tokenizer, chat template), which
+    ``transformers serve`` and ``vllm serve`` load as they are: for a GGUF (the embedded SmolLM2 included) the
+    de-quantized cache, written on first use; for a local directory, itself. Hub ids and ``tiny`` have none."""
+    source, gguf = _source(cfg)
+    if cfg.name_or_path == TINY:
+        raise ValueError("model.name_or_path=tiny is built in code and has no directory to serve")
+    if gguf is None:
+        if not Path(source).expanduser().is_dir():
+            raise ValueError(f"{source} is a hub id, not a directory: serve it by its id")
+        return Path(source).expanduser()
+    cached = _cached(cfg, source, gguf)
+    if not (cached / "config.json").is_file():
+        load_model(dataclasses.replace(cfg, lora=LoraConfig(), quantization="none"))
+    return cached
+
+
 def restart_lora(model, cfg: ModelConfig):
     """Merge trained LoRA adapters into the base weights and attach fresh ones (B = 0: the policy is unchanged).
 
@@ -268,3 +295,8 @@ def context_window(cfg: ModelConfig, model) -> int:
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+if __name__ == "__main__":  # python -m atom.train.models [NAME_OR_PATH]: the directory to hand to a server
+    import sys
+
+    print(pretrained_dir(ModelConfig(name_or_path=sys.argv[1] if len(sys.argv) > 1 else EMBEDDED)))

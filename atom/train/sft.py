@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from atom.agent.hf_policy import centre_truncate, encode_prompt
 from atom.agent.rollout import Trajectory
 from atom.data.datamodule import EpochShuffler
 from atom.data.records import DataError
+from atom.train.collection import TeacherConfig
 from atom.train.preemption import ResumableLoader
 from atom.train.sharding import RankZeroState, is_fsdp, meta_copy, unshard
 from atom.train.trainer import adamw_with_warmup, clip_grad_norm
@@ -42,6 +43,7 @@ class SFTConfig:
     accumulate: int = 1  # micro-batches per optimizer step
     grad_clip: float = 1.0  # max global grad norm (0 = off)
     max_tokens: int = 8192  # prompt + completion cap per example (> data.chunk_tokens); prompts centre-truncated
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)  # served teacher of atom.collect --policy openai
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size <= 0 or self.accumulate <= 0 or self.max_tokens <= 16:
@@ -75,7 +77,12 @@ def write_trajectories(path: str | Path, trajectories: Sequence[Trajectory]) -> 
 
 
 def read_demos(path: str | Path, min_reward: float) -> list[dict]:
-    """Demonstrations from a trajectories JSONL; a malformed line is an error naming the file and line."""
+    """Demonstrations from a trajectories JSONL; a malformed line is an error naming the file and line.
+
+    A line collected with a judge (``judge_reward`` present) is kept on its judged reward, as the paper did: the
+    judge accepts paraphrases that exact match rejects, so filtering on both would drop exactly those. A line whose
+    judging failed (``judge_reward`` null) is not kept.
+    """
     demos = []
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
@@ -84,6 +91,8 @@ def read_demos(path: str | Path, min_reward: float) -> list[dict]:
             try:
                 row = json.loads(line)
                 reward = float(row["reward"])
+                if "judge_reward" in row:
+                    reward = -1.0 if row["judge_reward"] is None else float(row["judge_reward"])
                 turns = [(t["messages"], str(t["completion"])) for t in row["turns"]]
             except (ValueError, KeyError, TypeError) as exc:
                 raise DataError(f"{path}:{lineno}: not a trajectory record ({exc!r})") from exc
