@@ -92,12 +92,7 @@ class HFPolicy:
     def act(self, observations: Sequence[Observation]) -> list[Reply]:
         """Generate from each observation's ``messages`` (all a model reads). ``Reply.truncated`` marks prompts
         centre-cut to ``max_prompt_tokens``."""
-        full = [encode_prompt(self.tokenizer, o.messages, self.sampling.thinking) for o in observations]
-        limit = self.max_prompt_tokens
-        replies = self.generate_ids([centre_truncate(ids, limit) if limit else ids for ids in full])
-        for reply, ids in zip(replies, full):
-            reply.truncated = bool(limit) and len(ids) > limit
-        return replies
+        return act_on_token_ids(self, observations)
 
     @torch.no_grad()
     def generate_ids(self, prompts: list[list[int]]) -> list[Reply]:
@@ -156,3 +151,14 @@ class HFPolicy:
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             replies.append(Reply(text, torch.tensor(p), ids.clone(), logprobs[row, :length].clone()))
         return replies
+
+
+def act_on_token_ids(policy, observations: Sequence[Observation]) -> list[Reply]:
+    """The Policy role of a token-id engine (``HFPolicy``, the vLLM engine): chat template, centre truncation to
+    ``policy.max_prompt_tokens``, ``policy.generate_ids``; ``Reply.truncated`` marks the cut prompts."""
+    full = [encode_prompt(policy.tokenizer, o.messages, policy.sampling.thinking) for o in observations]
+    limit = policy.max_prompt_tokens
+    replies = policy.generate_ids([centre_truncate(ids, limit) if limit else ids for ids in full])
+    for reply, ids in zip(replies, full):
+        reply.truncated = bool(limit) and len(ids) > limit
+    return replies

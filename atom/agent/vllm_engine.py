@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from atom.agent.hf_policy import SamplingConfig, centre_truncate, encode_prompt
+from atom.agent.hf_policy import SamplingConfig, act_on_token_ids
 from atom.agent.rollout import Observation, Reply
 
 log = logging.getLogger(__name__)
@@ -167,12 +167,7 @@ class VLLMPolicy:
 
     def act(self, observations: Sequence[Observation]) -> list[Reply]:
         """As ``HFPolicy.act``: template and centre truncation here, ``Reply.truncated`` marks cut prompts."""
-        full = [encode_prompt(self.tokenizer, o.messages, self.sampling.thinking) for o in observations]
-        limit = self.max_prompt_tokens
-        replies = self.generate_ids([centre_truncate(ids, limit) if limit else ids for ids in full])
-        for reply, ids in zip(replies, full):
-            reply.truncated = bool(limit) and len(ids) > limit
-        return replies
+        return act_on_token_ids(self, observations)
 
     def generate_ids(self, prompts: list[list[int]]) -> list[Reply]:
         s = self.sampling
