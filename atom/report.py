@@ -9,9 +9,10 @@ against step) and ``store_size.png`` (store size against read turn).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from atom.cli import entry_point
+from atom.cli import parser as cli_parser
 from atom.eval import figures, paper
 from atom.eval.runs import find_results, read_curves
 from atom.eval.tables import ablation_table, main_table, training_table
@@ -57,8 +58,9 @@ def build(run_dirs: list[str | Path], out: str | Path) -> Path:
     return path
 
 
+@entry_point("atom.report")
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m atom.report", description=__doc__.splitlines()[0])
+    parser = cli_parser("python -m atom.report", __doc__)
     parser.add_argument("runs", nargs="+", help="run directories (runs/<name>), any mix of fit, evaluate, sweep")
     parser.add_argument("--out", required=True, help="folder for report.md and its PNGs")
     args = parser.parse_args(argv)

@@ -11,7 +11,6 @@ a silent mix. Example (the paper's grid on real data, with a trained policy):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -21,6 +20,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from atom import pipeline
+from atom.cli import entry_point
+from atom.cli import parser as cli_parser
 from atom.config import Config, load_config, save_config, to_yaml
 from atom.data.datamodule import AtomDataModule
 from atom.eval.runs import find_results
@@ -83,8 +84,9 @@ def run(cfg: Config, progress: bool = True) -> Path:
     return out
 
 
+@entry_point("atom.sweep")
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m atom.sweep", description=__doc__.splitlines()[0])
+    parser = cli_parser("python -m atom.sweep", __doc__)
     parser.add_argument("config", help="experiment YAML, e.g. experiments/sweep_cpu.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sweep.num_docs=[20,40]")
     args = parser.parse_args(argv)
