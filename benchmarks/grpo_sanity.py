@@ -120,11 +120,11 @@ def main() -> None:
     )  # fmt: skip
     before = task.success(start, held)
     sampled = task.success(start, held, temperature=args.temperature, seed=args.seed)
+    flags = " ".join(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items())
     result = {
-        "command": "python benchmarks/grpo_sanity.py " + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()),
-        "model": args.model, "facts": args.facts, "heldout": len(held), "steps": args.steps,
-        "group_size": args.group_size, "prompts_per_step": args.prompts, "lr": args.lr, "temperature": args.temperature, "kl_coef": cfg.kl_coef,
-        "threads": torch.get_num_threads(),
+        "command": f"python benchmarks/grpo_sanity.py {flags}", "model": args.model, "facts": args.facts,
+        "heldout": len(held), "steps": args.steps, "group_size": args.group_size, "prompts_per_step": args.prompts,
+        "lr": args.lr, "temperature": args.temperature, "kl_coef": cfg.kl_coef, "threads": torch.get_num_threads(),
         "start": {"greedy": sum(before) / len(held), "sampled": sum(sampled) / len(held)},
     }  # fmt: skip
     print(f"start: greedy {100 * result['start']['greedy']:.1f}%, sampled {100 * result['start']['sampled']:.1f}%")

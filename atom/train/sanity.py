@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import random
 import re
+
 from atom.agent.episode import READ, AgentConfig, EmbedRequest, EpisodeResult, EpisodeStats, EpisodeView
 from atom.data.datamodule import AtomDataModule
 from atom.data.loaders import DataConfig
