@@ -165,3 +165,40 @@ def test_the_reference_is_no_submodule_and_checkpoints_load_strictly(tmp_path, p
     first = keys[0]
     with pytest.raises(RuntimeError, match="Missing key"):
         module.load_state_dict({k: v for k, v in ckpt["state_dict"].items() if k != first})
+
+
+def test_length_bucketed_micro_batches_pad_less_and_give_the_same_gradient(tmp_path):
+    from atom.train.grpo import micro_batches
+    from atom.train.losses import grpo_loss
+
+    assert micro_batches([5, 6, 7, 8, 9], [3, 9, 1, 9, 4], 2) == [[6, 8], [9, 5], [7]]
+    p, model = build(TINY + [f"run.out_dir={tmp_path}"])
+    policy = HFPolicy(model, p.tokenizer, SamplingConfig(max_new_tokens=5, seed=3))
+    msgs = [[{"role": "user", "content": "word " * n}] for n in (1, 40, 3, 38, 2, 41)]
+    replies = policy.act([Observation(m) for m in msgs])
+    seqs = [
+        TurnSequence(torch.cat([r.prompt_ids, r.completion_ids]),
+                  torch.cat([torch.zeros(len(r.prompt_ids)), torch.ones(len(r.completion_ids))]).bool(),
+                  r.logprobs, adv)
+        for r, adv in zip(replies, (1.0, -0.5, 0.25, -1.0, 0.5, 0.75))
+    ]  # fmt: skip
+    tokens = float(sum(int(s.mask.sum()) for s in seqs))
+
+    def gradient(micros):
+        model.zero_grad(set_to_none=True)
+        padded = 0
+        for micro in micros:
+            b = pad_batch([seqs[i] for i in micro], p.tokenizer.pad_token_id)
+            padded += b["input_ids"].numel()
+            lp, _ = token_logprobs(model, b, 1.0)
+            loss, _ = grpo_loss(
+                lp, b["old_logprobs"], b["adv"], b["mask"], kl_coef=0.0, num_tokens=tokens, num_sequences=6.0
+            )
+            loss.backward()
+        return torch.cat([q.grad.flatten() for q in model.parameters()]), padded
+
+    in_order, padded_in_order = gradient([[0, 1], [2, 3], [4, 5]])
+    bucketed, padded_bucketed = gradient(micro_batches(range(6), [len(s.input_ids) for s in seqs], 2))
+    assert padded_bucketed < padded_in_order
+    torch.testing.assert_close(bucketed, in_order, atol=1e-6, rtol=1e-4)
+    assert in_order.abs().sum() > 0

@@ -19,7 +19,8 @@ Objective, per rollout step (each symbol -> ``GRPOConfig`` field):
   their GLOBAL count (all micro-batches, all ranks), so micro-batching and DDP do not change the gradient.
 - The rollout batch's sequences are split into ``updates_per_batch`` mini-batches, one AdamW step each (lr
   ``lr``, linear warm-up ``warmup_steps``, ``weight_decay``), gradients accumulated over micro-batches of
-  ``micro_batch_size`` sequences and clipped to ``grad_clip`` by hand (Trainer-level clipping is not allowed
+  ``micro_batch_size`` sequences of similar length (``micro_batches``: less padding, the same gradient) and
+  clipped to ``grad_clip`` by hand (Trainer-level clipping is not allowed
   with manual optimization). ``trainer.global_step`` therefore counts optimizer steps, not rollout steps.
 
 Lightning view: one epoch = one rollout step (a one-batch epoch), so checkpoints (``last.ckpt`` every rollout
@@ -132,6 +133,17 @@ def turn_sequences(
                 continue
             out.append(TurnSequence(turn.input_ids, turn.mask, turn.reply.logprobs, adv))
     return out
+
+
+def micro_batches(indices: Sequence[int], lengths: Sequence[int], size: int) -> list[list[int]]:
+    """``indices`` cut into micro-batches of ``size`` with similar lengths (``lengths[i]`` of ``indices[i]``).
+
+    Longest first, so the largest activations come first and padding (each micro-batch is padded to its longest
+    sequence) is as small as the split allows. The loss sums over micro-batches and divides by the optimizer
+    step's global token count, so the grouping changes the padding, not the gradient.
+    """
+    ranked = [i for _, i in sorted(zip(lengths, indices), key=lambda pair: -pair[0])]  # stable on ties
+    return [ranked[j : j + size] for j in range(0, len(ranked), size)]
 
 
 def pad_batch(seqs: Sequence[TurnSequence], pad_id: int) -> dict[str, torch.Tensor]:
@@ -379,9 +391,8 @@ class GRPOModule(L.LightningModule):
             if float(global_tokens) == 0:
                 continue
             opt.zero_grad()
-            micros = [
-                [seqs[i] for i in mb[j : j + cfg.micro_batch_size]] for j in range(0, len(mb), cfg.micro_batch_size)
-            ]
+            lengths = [len(seqs[i].input_ids) for i in mb]
+            micros = [[seqs[i] for i in micro] for micro in micro_batches(mb, lengths, cfg.micro_batch_size)]
             # Sharded strategies reduce gradients inside every backward: all ranks must run as many backwards.
             n_micro = int(
                 self.trainer.strategy.reduce(torch.tensor(float(len(micros)), device=self.device), reduce_op="max")
