@@ -58,21 +58,20 @@ def update_pass(model, ref, seqs, micros, cfg, sampling, pad_id) -> dict:
         padded += b["input_ids"].numel()
         real += int(b["attention_mask"].sum())
         r = None
+        t0 = time.perf_counter()
         if ref is not None:
             with torch.no_grad():
-                (r, _), dt = timed(lambda: token_logprobs(ref, b, sampling.temperature))
-            ref_s += dt
-
-        def step():
-            lp, _ = token_logprobs(model, b, sampling.temperature, with_entropy=True)
-            loss, _ = grpo_loss(
-                lp, b["old_logprobs"], b["adv"], b["mask"], r, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-                dual_clip=cfg.dual_clip or None, kl_coef=cfg.kl_coef, aggregation=cfg.aggregation,
-                num_tokens=n_tokens, num_sequences=float(len(seqs)), norm_len=sampling.max_new_tokens,
-            )  # fmt: skip
-            loss.backward()
-
-        fwd_bwd += timed(step)[1]
+                r, _ = token_logprobs(ref, b, sampling.temperature)
+        t1 = time.perf_counter()
+        lp, _ = token_logprobs(model, b, sampling.temperature, with_entropy=True)
+        loss, _ = grpo_loss(
+            lp, b["old_logprobs"], b["adv"], b["mask"], r, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
+            dual_clip=cfg.dual_clip or None, kl_coef=cfg.kl_coef, aggregation=cfg.aggregation,
+            num_tokens=n_tokens, num_sequences=float(len(seqs)), norm_len=sampling.max_new_tokens,
+        )  # fmt: skip
+        loss.backward()
+        ref_s += t1 - t0
+        fwd_bwd += time.perf_counter() - t1
     opt_s = timed(opt.step)[1]
     opt.zero_grad()
     return {
@@ -90,9 +89,12 @@ def raw_throughput(model, n_tokens: int, seq_len: int, micro: int, vocab: int) -
     fwd = bwd = 0.0
     for start in range(0, rows, micro):
         x = ids[start : start + micro]
+        t0 = time.perf_counter()
         with torch.no_grad():
-            fwd += timed(lambda: model(input_ids=x, logits_to_keep=1))[1]
-        bwd += timed(lambda: model(input_ids=x, logits_to_keep=1).logits.float().sum().backward())[1]
+            model(input_ids=x, logits_to_keep=1)
+        t1 = time.perf_counter()
+        model(input_ids=x, logits_to_keep=1).logits.float().sum().backward()
+        fwd, bwd = fwd + t1 - t0, bwd + time.perf_counter() - t1
     model.zero_grad(set_to_none=True)
     tokens = rows * seq_len
     return {"tokens": tokens, "forward_tokens_per_s": tokens / fwd, "fwd_bwd_tokens_per_s": tokens / bwd}
@@ -159,8 +161,8 @@ def main() -> None:
         },
     }  # fmt: skip
     r = rollout
-    print(f"threads {out['threads']}; {len(trajectories)} episodes, {len(seqs)} turns, {real / len(seqs):.0f} tokens/turn")
-    print(f"rollout {r['wall_s']:.1f} s: generate {r['generate_s']:.1f} s ({r['generated_tokens_per_s']:.1f} gen tok/s), "
+    print(f"threads {out['threads']}; {len(trajectories)} episodes, {len(seqs)} turns, {real / len(seqs):.0f} tok/turn")
+    print(f"rollout {r['wall_s']:.1f} s: generate {r['generate_s']:.1f} s ({r['generated_tokens_per_s']:.1f} tok/s), "
           f"embed {r['embed_s']:.2f} s, episode logic {r['episode_logic_s']:.2f} s")  # fmt: skip
     print("| update | micro-batches | padded/real tokens | policy fwd+bwd s | ref fwd s | optimizer s | tokens/s |")
     print("|---|---|---|---|---|---|---|")
