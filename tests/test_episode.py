@@ -103,6 +103,17 @@ def test_answer_phase_reads_then_answers_each_question_in_turn():
     assert result.em == [1.0, 0.0] and result.reward == 0.5
 
 
+@pytest.mark.parametrize(("reward", "expected"), [("squad", 0.0), ("f1", 0.8), ("release", 0.0)])
+def test_agent_reward_picks_the_scorer_of_the_episode_reward(reward, expected):
+    ep = make_episode(1, answer_reads=0, reward=reward)
+    ep.messages()
+    ep.step("")
+    ep.step("<answer>Marrow Creek town</answer>")  # F1 = 2 * (2/3 * 1) / (2/3 + 1) = 0.8, EM 0
+    result = ep.result()
+    assert result.em == [0.0] and result.f1 == [pytest.approx(0.8)]
+    assert result.reward == pytest.approx(expected)
+
+
 def test_question_without_an_answer_is_skipped_after_its_reads():
     ep = make_episode(1, answer_reads=2)
     ep.messages()

@@ -47,7 +47,7 @@ from atom.memory.store import Entry, MemoryStore
 
 READ, ANSWER, DONE = "read", "answer", "done"
 PROTOCOLS = ("atom", "release")
-REWARDS = ("squad", "release")
+REWARDS = ("squad", "f1", "release")
 
 
 @dataclass
@@ -64,7 +64,7 @@ class AgentConfig:
     memory_max_chars: int = 1000  # each retrieved memory is shown cut to this length
     boxed_answers: bool = False  # ask for \boxed{...} answers; SQuAD EM/F1 then compare the box content
     protocol: str = "atom"  # atom (stable ids, a chunk per turn) | release (the AtomMem release's rules; README)
-    reward: str = "squad"  # episode reward: squad (SQuAD EM, question mean) | release (release scorer)
+    reward: str = "squad"  # episode reward: squad (SQuAD EM, question mean) | f1 (SQuAD F1, denser) | release
     release_double_count: bool = False  # release scorer: pool all golds over every reply, as the release did
     memory_max_tokens: int = 0  # cap on the whole retrieved-memory block in tokens (release: 4096); 0 = none
     hide_scratchpad: bool = False  # release "disable_STM": the scratchpad is described and written, shown empty
@@ -127,7 +127,7 @@ class EpisodeResult:
     predictions: list[str | None]  # one per question; None = never answered
     em: list[float]  # SQuAD exact match per question
     f1: list[float]  # SQuAD token F1 per question
-    reward: float  # agent.reward's score of the episode (squad: mean EM over the questions, in [0, 1])
+    reward: float  # agent.reward's score of the episode (squad: mean EM over the questions; f1: mean F1), in [0, 1]
     stats: EpisodeStats
     facts_stored: float | None  # share of gold supporting sentences held by the store at the end of reading
     facts_retrieved: float | None  # share shown among the memories when each question was answered
@@ -222,7 +222,7 @@ def episode_result(
         release = sum(release_em) / len(release_em)
     return EpisodeResult(
         sample_id=sample.id, predictions=list(predictions), em=squad.em, f1=squad.f1,
-        reward=squad.reward if cfg.reward == "squad" else release, stats=stats, facts_stored=coverage[0],
+        reward={"squad": squad.reward, "f1": squad.mean_f1, "release": release}[cfg.reward], stats=stats, facts_stored=coverage[0],
         facts_retrieved=coverage[1], release_em=release_em, release_score=release,
     )  # fmt: skip
 
