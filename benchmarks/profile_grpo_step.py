@@ -8,9 +8,10 @@ config's sampling) with the real engine, then the update's pieces on that rollou
 - rollout: generation (``policy.act``), embedding (the batched encode calls), and the rest of the episode logic
   (prompt building, chat template, parsing, store operations) = rollout wall time minus the two;
 - update: the policy forward + backward of every micro-batch, the reference forward (``grpo.kl_coef`` > 0), the
-  optimizer step; once with the micro-batches cut from the rollout batch in shuffled order (atom before this
-  change) and once length-bucketed (``GRPOModule``'s order now: same sequences per mini-batch, same gradient,
-  less padding), side by side in this process;
+  optimizer step; with the micro-batches cut from the rollout batch in shuffled order and every sequence
+  computed whole (atom before), length-bucketed, and length-bucketed with the shared prompt prefix run once
+  (``GRPOModule`` now: ``micro_batches`` and ``grpo.share_prefix``; the same gradient), side by side in this
+  process, the first variant twice (first and last) to show the noise;
 - the limit: the raw model's forward (no grad) and forward + backward throughput on dense, unpadded batches of
   the same token count.
 
@@ -37,7 +38,7 @@ import torch  # noqa: E402
 from atom import pipeline  # noqa: E402
 from atom.agent.hf_policy import HFPolicy  # noqa: E402
 from atom.config import load_config  # noqa: E402
-from atom.train.grpo import micro_batches, pad_batch, token_logprobs, turn_sequences  # noqa: E402
+from atom.train.grpo import micro_batches, pad_batch, shared_prefix, token_logprobs, turn_sequences  # noqa: E402
 from atom.train.losses import group_advantages, grpo_loss  # noqa: E402
 
 
@@ -47,16 +48,18 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
-def update_pass(model, ref, seqs, micros, cfg, sampling, pad_id) -> dict:
+def update_pass(model, ref, seqs, micros, cfg, sampling, pad_id, share: bool) -> dict:
     """One optimizer step over ``micros`` (lists of indices into ``seqs``), each piece timed."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-7)
     n_tokens = float(sum(int(s.mask.sum()) for s in seqs))
     fwd_bwd = ref_s = 0.0
     padded = real = 0
     for micro in micros:
-        b = pad_batch([seqs[i] for i in micro], pad_id)
-        padded += b["input_ids"].numel()
-        real += int(b["attention_mask"].sum())
+        batch = [seqs[i] for i in micro]
+        prefix = shared_prefix(batch, minimum=16) if share else 0
+        b = pad_batch(batch, pad_id, prefix)
+        padded += b["input_ids"].numel() + prefix  # tokens the forward runs over
+        real += sum(len(x.input_ids) for x in batch)
         r = None
         t0 = time.perf_counter()
         if ref is not None:
@@ -131,14 +134,18 @@ def main() -> None:
     order = list(range(len(seqs)))
     random.Random(0).shuffle(order)
     before = [order[i : i + g.micro_batch_size] for i in range(0, len(order), g.micro_batch_size)]
-    after = micro_batches(order, [len(seqs[i].input_ids) for i in range(len(seqs))], g.micro_batch_size)
+    after = micro_batches(order, [len(seqs[i].input_ids) for i in order], g.micro_batch_size)
 
     model.train()
     ref = copy.deepcopy(model).requires_grad_(False).eval() if g.kl_coef > 0 else None
-    update_pass(model, ref, seqs, before[:1], g, s, p.tokenizer.pad_token_id)  # warm-up (allocator, kernels)
-    updates = {}
-    for name, micros in (("shuffled", before), ("length_bucketed", after), ("shuffled_again", before)):
-        updates[name] = update_pass(model, ref, seqs, micros, g, s, p.tokenizer.pad_token_id)
+    pad = p.tokenizer.pad_token_id
+    update_pass(model, ref, seqs, before[:1], g, s, pad, share=True)  # warm-up (allocator, kernels)
+    variants = (
+        ("before: shuffled", before, False), ("length_bucketed", after, False),
+        ("now: bucketed + shared prefix", after, True), ("before again (noise)", before, False),
+    )  # fmt: skip
+    updates = {name: update_pass(model, ref, seqs, micros, g, s, pad, share) for name, micros, share in variants}
+    now, old = updates["now: bucketed + shared prefix"], updates["before: shuffled"]
     lengths = [len(x.input_ids) for x in seqs]
     real = sum(lengths)
     limit = raw_throughput(model, real, max(1, round(real / len(seqs))), g.micro_batch_size, len(p.tokenizer))
@@ -148,23 +155,26 @@ def main() -> None:
         "sequences": len(seqs), "mean_sequence_tokens": real / len(seqs), "rollout": rollout,
         "update": updates, "raw_model": limit,
         "ratios": {
-            "update_speedup_bucketed_vs_shuffled": updates["shuffled"]["update_s"]
-            / updates["length_bucketed"]["update_s"],
-            "padding_shuffled": updates["shuffled"]["padding_overhead"],
-            "padding_bucketed": updates["length_bucketed"]["padding_overhead"],
-            "update_vs_raw_fwd_bwd": updates["length_bucketed"]["update_tokens_per_s"]
-            / limit["fwd_bwd_tokens_per_s"],
-            "ref_share_of_update": updates["length_bucketed"]["ref_forward_s"]
-            / updates["length_bucketed"]["update_s"],
+            "update_speedup_now_vs_before": old["update_s"] / now["update_s"],
+            "update_speedup_bucketing_alone": old["update_s"] / updates["length_bucketed"]["update_s"],
+            "noise_before_again_vs_before": updates["before again (noise)"]["update_s"] / old["update_s"],
+            "computed_over_real_tokens_before": old["padding_overhead"],
+            "computed_over_real_tokens_now": now["padding_overhead"],
+            "update_tokens_per_s_before_over_raw_fwd_bwd": old["update_tokens_per_s"] / limit["fwd_bwd_tokens_per_s"],
+            "update_tokens_per_s_now_over_raw_fwd_bwd": now["update_tokens_per_s"] / limit["fwd_bwd_tokens_per_s"],
+            "generated_tokens_per_s_over_raw_forward": rollout["generated_tokens_per_s"]
+            / limit["forward_tokens_per_s"],
+            "ref_share_of_update_now": now["ref_forward_s"] / now["update_s"],
             "generate_share_of_rollout": st.generate_s / rollout_s,
-            "rollout_share_of_step": rollout_s / (rollout_s + updates["length_bucketed"]["update_s"]),
+            "rollout_share_of_step_now": rollout_s / (rollout_s + now["update_s"]),
+            "step_speedup_now_vs_before": (rollout_s + old["update_s"]) / (rollout_s + now["update_s"]),
         },
     }  # fmt: skip
     r = rollout
     print(f"threads {out['threads']}; {len(trajectories)} episodes, {len(seqs)} turns, {real / len(seqs):.0f} tok/turn")
     print(f"rollout {r['wall_s']:.1f} s: generate {r['generate_s']:.1f} s ({r['generated_tokens_per_s']:.1f} tok/s), "
           f"embed {r['embed_s']:.2f} s, episode logic {r['episode_logic_s']:.2f} s")  # fmt: skip
-    print("| update | micro-batches | padded/real tokens | policy fwd+bwd s | ref fwd s | optimizer s | tokens/s |")
+    print("| update | micro-batches | computed/real tokens | policy fwd+bwd s | ref fwd s | optimizer s | tokens/s |")
     print("|---|---|---|---|---|---|---|")
     for name, u in updates.items():
         print(f"| {name} | {u['micro_batches']} | {u['padding_overhead']:.2f} | {u['policy_fwd_bwd_s']:.1f} | "

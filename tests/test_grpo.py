@@ -202,3 +202,39 @@ def test_length_bucketed_micro_batches_pad_less_and_give_the_same_gradient(tmp_p
     assert padded_bucketed < padded_in_order
     torch.testing.assert_close(bucketed, in_order, atol=1e-6, rtol=1e-4)
     assert in_order.abs().sum() > 0
+
+
+def test_a_shared_prefix_runs_once_and_gives_the_plain_forwards_logprobs_and_gradient(tmp_path):
+    from atom.train.grpo import shared_prefix
+
+    p, model = build(TINY + [f"run.out_dir={tmp_path}"])
+    policy = HFPolicy(model, p.tokenizer, SamplingConfig(max_new_tokens=5, seed=3))
+    system = {"role": "system", "content": "the same system prompt " * 10}
+    msgs = [[system, {"role": "user", "content": "word " * n}] for n in (1, 40, 3, 38)]
+    replies = policy.act([Observation(m) for m in msgs])
+    seqs = [
+        TurnSequence(torch.cat([r.prompt_ids, r.completion_ids]),
+                  torch.cat([torch.zeros(len(r.prompt_ids)), torch.ones(len(r.completion_ids))]).bool(),
+                  r.logprobs, adv)
+        for r, adv in zip(replies, (1.0, -0.5, 0.25, -1.0))
+    ]  # fmt: skip
+    prefix = shared_prefix(seqs)
+    prompts = [len(r.prompt_ids) for r in replies]
+    assert 40 <= prefix < min(prompts)  # the system prompt at least, never into a completion's scoring position
+    assert all(torch.equal(s.input_ids[:prefix], seqs[0].input_ids[:prefix]) for s in seqs)
+    assert shared_prefix(seqs[:1]) == 0 and shared_prefix(seqs, minimum=prefix + 1) == 0
+    model.train()
+
+    def run(n: int):
+        model.zero_grad(set_to_none=True)
+        b = pad_batch(seqs, p.tokenizer.pad_token_id, n)
+        assert ("prefix_ids" in b) == (n > 0)
+        lp, _ = token_logprobs(model, b, 0.7)
+        (lp * b["mask"] * b["adv"][:, None]).sum().backward()
+        return lp[b["mask"].bool()], torch.cat([q.grad.flatten() for q in model.parameters()])
+
+    plain, plain_grad = run(0)
+    shared, shared_grad = run(prefix)
+    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared_grad, plain_grad, atol=1e-5, rtol=1e-4)
+    assert plain_grad.abs().sum() > 0

@@ -20,8 +20,11 @@ Objective, per rollout step (each symbol -> ``GRPOConfig`` field):
 - The rollout batch's sequences are split into ``updates_per_batch`` mini-batches, one AdamW step each (lr
   ``lr``, linear warm-up ``warmup_steps``, ``weight_decay``), gradients accumulated over micro-batches of
   ``micro_batch_size`` sequences of similar length (``micro_batches``: less padding, the same gradient) and
-  clipped to ``grad_clip`` by hand (Trainer-level clipping is not allowed
-  with manual optimization). ``trainer.global_step`` therefore counts optimizer steps, not rollout steps.
+  clipped to ``grad_clip`` by hand (Trainer-level clipping is not allowed with manual optimization).
+  ``trainer.global_step`` therefore counts optimizer steps, not rollout steps.
+- A micro-batch's common prompt prefix (the system prompt; within a group also the questions) runs once and
+  every row attends to its cached keys and values (``share_prefix``; the same log-probs and gradient as whole
+  sequences, at a fraction of the tokens).
 
 Lightning view: one epoch = one rollout step (a one-batch epoch), so checkpoints (``last.ckpt`` every rollout
 step), resume and validation (greedy, every ``val_every`` rollout steps) line up with rollout steps. Under FSDP
@@ -49,6 +52,7 @@ from dataclasses import dataclass, field
 
 import lightning as L
 import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from atom.agent.hf_policy import HFPolicy, SamplingConfig
 from atom.agent.rollout import RolloutEngine, Trajectory
@@ -88,6 +92,7 @@ class GRPOConfig:
     val_every: int = 0  # rollout steps between greedy validations on val samples; 0 = never
     val_samples: int = 8  # validation samples per validation
     checkpoint_every: int = 10  # rollout steps between kept checkpoints (last.ckpt is rewritten every step)
+    share_prefix: bool = True  # run a micro-batch's common prompt prefix once, its KV cache shared by every row
     rollout_engine: str = "hf"  # hf: transformers generate | vllm: colocated vLLM engine (CUDA, pip install atom[vllm])
     vllm: VLLMConfig = field(default_factory=VLLMConfig)  # the vLLM engine of rollout_engine=vllm
 
@@ -146,7 +151,23 @@ def micro_batches(indices: Sequence[int], lengths: Sequence[int], size: int) -> 
     return [ranked[j : j + size] for j in range(0, len(ranked), size)]
 
 
-def pad_batch(seqs: Sequence[TurnSequence], pad_id: int) -> dict[str, torch.Tensor]:
+def shared_prefix(seqs: Sequence[TurnSequence], minimum: int = 1) -> int:
+    """Tokens at the start of every sequence, all of them prompt (the system prompt, and a group's questions),
+    stopping one token before the earliest completion: the logits that score a first generated token must come
+    from a position after the prefix. 0 when shorter than ``minimum`` or for a single sequence."""
+    if len(seqs) < 2:
+        return 0
+    limit = min(int(s.mask.nonzero()[0]) if s.mask.any() else len(s.mask) for s in seqs) - 1
+    first = seqs[0].input_ids
+    n = min(limit, *(len(s.input_ids) for s in seqs))
+    same = torch.ones(max(n, 0), dtype=torch.bool)
+    for s in seqs[1:]:
+        same &= s.input_ids[:n] == first[:n]
+    prefix = int(same.long().cumprod(0).sum()) if n > 0 else 0
+    return prefix if prefix >= minimum else 0
+
+
+def pad_batch(seqs: Sequence[TurnSequence], pad_id: int, prefix: int = 0) -> dict[str, torch.Tensor]:
     """Left-padded tensors whose loss positions all lie in the last ``keep`` tokens.
 
     A turn's generated tokens are at the end of its sequence, so with left padding only the last ``keep`` =
@@ -154,7 +175,13 @@ def pad_batch(seqs: Sequence[TurnSequence], pad_id: int) -> dict[str, torch.Tens
     multi-thousand-token prompts. ``mask``/``old_logprobs`` are (B, keep - 1), index i scoring token
     ``width - keep + 1 + i`` from the logits at the position before it. ``position_ids`` count real tokens only,
     as ``generate`` does, so the forward matches sampling time exactly.
+
+    ``prefix`` > 0 (``shared_prefix``): the first ``prefix`` tokens, the same in every sequence, go once into
+    ``prefix_ids`` (1, prefix) and the tensors above hold the rest of each sequence, positions counted after the
+    prefix; ``token_logprobs`` then runs the prefix once and every row attends to its cached keys and values.
     """
+    first = seqs[0].input_ids[:prefix]
+    seqs = [dataclasses.replace(s, input_ids=s.input_ids[prefix:], mask=s.mask[prefix:]) for s in seqs]
     width = max(len(s.input_ids) for s in seqs)
     keep = 1 + max(len(s.mask) - int(s.mask.nonzero()[0]) if s.mask.any() else 0 for s in seqs)
     b = len(seqs)
@@ -171,20 +198,39 @@ def pad_batch(seqs: Sequence[TurnSequence], pad_id: int) -> dict[str, torch.Tens
         c = len(s.old_logprobs)
         if c:
             old[row, keep - 1 - c :] = s.old_logprobs.float()
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    positions = prefix + (attention.cumsum(-1) - 1).clamp(min=0)
     adv = torch.tensor([s.advantage for s in seqs], dtype=torch.float)
-    return {
+    out = {
         "input_ids": input_ids, "attention_mask": attention, "position_ids": positions, "mask": loss_mask,
         "old_logprobs": old, "adv": adv, "keep": torch.tensor(keep),
     }  # fmt: skip
+    if prefix:
+        out["prefix_ids"] = first[None].clone()
+    return out
+
+
+# the KV-cache argument and output field: ``cache`` from transformers 5, ``past_key_values`` before
+_CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 def token_logprobs(model, batch: dict[str, torch.Tensor], temperature: float, with_entropy: bool = False):
-    """log pi(token | prefix) at the sampling temperature for the last ``keep - 1`` tokens, (B, keep - 1)."""
+    """log pi(token | prefix) at the sampling temperature for the last ``keep - 1`` tokens, (B, keep - 1).
+
+    With ``prefix_ids`` (``pad_batch(prefix=...)``) the shared prefix runs once, with gradients, and its
+    key/value cache is repeated for every row: the prefix costs one sequence's forward and backward instead of
+    B. Gradients reach the prefix's weights through the repeated cache, so the result equals the plain forward.
+    """
     keep = int(batch["keep"])
+    past, attention = None, batch["attention_mask"]
+    if "prefix_ids" in batch:
+        past = getattr(model(input_ids=batch["prefix_ids"], use_cache=True, logits_to_keep=1), _CACHE, None)
+        if past is None:
+            raise RuntimeError("a shared prefix needs the model's KV cache (gradient checkpointing turns it off)")
+        past.batch_repeat_interleave(len(attention))
+        attention = torch.cat([attention.new_ones(len(attention), batch["prefix_ids"].shape[1]), attention], dim=1)
     out = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
-        logits_to_keep=keep,
+        input_ids=batch["input_ids"], attention_mask=attention, position_ids=batch["position_ids"],
+        use_cache=past is not None, logits_to_keep=keep, **{_CACHE: past},
     )  # fmt: skip
     logits = out.logits[:, :-1].float() / (temperature if temperature > 0 else 1.0)
     targets = batch["input_ids"][:, batch["input_ids"].shape[1] - keep + 1 :]
@@ -351,7 +397,8 @@ class GRPOModule(L.LightningModule):
             micro = micros[min(k, len(micros) - 1)] if micros else []
             if not micro:
                 continue
-            b = {key: v.to(self.device) for key, v in pad_batch(micro, self.tokenizer.pad_token_id).items()}
+            prefix = self._prefix(micro)
+            b = {key: v.to(self.device) for key, v in pad_batch(micro, self.tokenizer.pad_token_id, prefix).items()}
             raw, _ = token_logprobs(self.model, b, 1.0)
             tempered = raw if t in (0.0, 1.0) else token_logprobs(self.model, b, t)[0]
             if k >= len(micros):
@@ -441,7 +488,9 @@ class GRPOModule(L.LightningModule):
         cfg = self.cfg
         if not micro:
             return {}
-        b = {k: v.to(self.device) for k, v in pad_batch(micro, self.tokenizer.pad_token_id).items()}
+        b = {
+            k: v.to(self.device) for k, v in pad_batch(micro, self.tokenizer.pad_token_id, self._prefix(micro)).items()
+        }
         logprobs, entropy = token_logprobs(self.model, b, self.sampling.temperature, with_entropy=True)
         ref = None
         if cfg.kl_coef > 0:
@@ -460,6 +509,17 @@ class GRPOModule(L.LightningModule):
         out["grpo/loss"] = float(loss.detach())
         out["grpo/entropy"] = float((entropy * b["mask"]).sum()) / num_tokens
         return out
+
+    def _prefix(self, micro: list[TurnSequence]) -> int:
+        """The micro-batch's shared prompt prefix (``grpo.share_prefix``), 0 = plain forward. Under FSDP every
+        rank must run as many (collective) forwards, so the prefix is used only when all ranks have one."""
+        if not self.cfg.share_prefix or getattr(self.model, "is_gradient_checkpointing", False):
+            return 0
+        prefix = shared_prefix(micro, minimum=16)
+        if is_fsdp(self.trainer.strategy):
+            everywhere = torch.tensor(float(prefix > 0), device=self.device)
+            prefix = prefix if float(self.trainer.strategy.reduce(everywhere, reduce_op="min")) > 0 else 0
+        return prefix
 
     def _ref_logprobs(self, b: dict[str, torch.Tensor]):
         if self.ref_model is not None:
