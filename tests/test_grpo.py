@@ -10,7 +10,7 @@ from atom.agent.hf_policy import HFPolicy, SamplingConfig
 from atom.agent.rollout import Observation, Trajectory
 from atom.config import load_config
 from atom.data.datamodule import RolloutSampler
-from atom.train.grpo import TurnSequence, pad_batch, token_logprobs
+from atom.train.batches import TurnSequence, pad_batch, token_logprobs
 
 from .conftest import TINY_SYNTHETIC
 
@@ -168,7 +168,7 @@ def test_the_reference_is_no_submodule_and_checkpoints_load_strictly(tmp_path, p
 
 
 def test_length_bucketed_micro_batches_pad_less_and_give_the_same_gradient(tmp_path):
-    from atom.train.grpo import micro_batches
+    from atom.train.batches import micro_batches
     from atom.train.losses import grpo_loss
 
     assert micro_batches([5, 6, 7, 8, 9], [3, 9, 1, 9, 4], 2) == [[6, 8], [9, 5], [7]]
@@ -205,7 +205,7 @@ def test_length_bucketed_micro_batches_pad_less_and_give_the_same_gradient(tmp_p
 
 
 def test_a_shared_prefix_runs_once_and_gives_the_plain_forwards_logprobs_and_gradient(tmp_path):
-    from atom.train.grpo import shared_prefix
+    from atom.train.batches import shared_prefix
 
     p, model = build(TINY + [f"run.out_dir={tmp_path}"])
     policy = HFPolicy(model, p.tokenizer, SamplingConfig(max_new_tokens=5, seed=3))

@@ -10,6 +10,7 @@ import torch
 
 from atom import pipeline
 from atom.config import load_config
+from atom.train.batches import all_or_none, prefix_sharing, token_logprobs
 from atom.train.sft import IGNORE, DemoDataModule, collate, read_demos, sft_loss, tokenize_demo
 
 from .test_grpo import TINY
@@ -44,25 +45,59 @@ def test_long_prompts_are_centre_truncated_to_the_token_cap(tokenizer):
     assert labels[-1] == tokenizer.eos_token_id and labels[0] == IGNORE
 
 
-def test_loss_is_the_mean_over_labelled_tokens_and_ignores_the_rest():
-    torch.manual_seed(0)
-    logits = torch.randn(2, 5, 7, requires_grad=True)
-    labels = torch.tensor([[IGNORE, IGNORE, 3, 4, IGNORE], [IGNORE, 1, IGNORE, IGNORE, IGNORE]])
-    loss = sft_loss(logits, labels)
-    # Token t+1 is predicted from position t: the labelled targets are (0,2), (0,3) and (1,1).
-    logp = logits.log_softmax(-1)
-    expected = -(logp[0, 1, 3] + logp[0, 2, 4] + logp[1, 0, 1]) / 3
-    assert torch.allclose(loss, expected)
-    loss.backward()
-    touched = {(b, t) for b in range(2) for t in range(5) if logits.grad[b, t].abs().sum() > 0}
-    assert touched == {(0, 1), (0, 2), (1, 0)}  # prompt, padding and the last position get no gradient
+def test_loss_is_next_token_cross_entropy_over_labelled_tokens_with_or_without_the_shared_prefix(tmp_path):
+    p = pipeline.build(load_config(None, SFT_TINY + [f"run.out_dir={tmp_path}"]))
+    model = pipeline.load_policy(p).train()
+    system = {"role": "system", "content": "the same system prompt " * 10}
+    examples = [
+        tokenize_demo(p.tokenizer, [system, {"role": "user", "content": "word " * n}], f"<create>f{n}</create>", 512)
+        for n in (1, 30, 7)
+    ]
+    batch = collate(examples, p.tokenizer.pad_token_id)
+    assert batch["prefix_ids"].shape[1] >= 40  # the system prompt runs once
+
+    def grads(loss):
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        return float(loss), torch.cat([q.grad.flatten() for q in model.parameters()])
+
+    shared = grads(sft_loss(token_logprobs(model, batch, 1.0)[0], batch["mask"]))
+    plain_batch = all_or_none(batch, everywhere=False)
+    assert "prefix_ids" not in plain_batch
+    plain = grads(sft_loss(token_logprobs(model, plain_batch, 1.0)[0], plain_batch["mask"]))
+    # the reference: each example alone, full logits, torch's cross-entropy over the labelled positions
+    total, count = 0.0, 0
+    for ids, labels in examples:
+        logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
+        target = torch.tensor(labels[1:])
+        total = total + torch.nn.functional.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum")
+        count += int((target != IGNORE).sum())
+    reference = grads(total / count)
+    for loss, grad in (shared, plain):
+        assert loss == pytest.approx(reference[0], rel=1e-5)
+        torch.testing.assert_close(grad, reference[1], atol=1e-5, rtol=1e-4)
+    # activation checkpointing returns no KV cache in training: whole sequences, the same loss
+    model.gradient_checkpointing_enable()
+    assert not prefix_sharing(model)
+    with pytest.raises(RuntimeError, match="KV cache"):
+        token_logprobs(model, batch, 1.0)
+    assert sft_loss(token_logprobs(model, plain_batch, 1.0)[0], plain_batch["mask"]).item() == pytest.approx(
+        reference[0], rel=1e-5
+    )
 
 
-def test_collate_right_pads_and_masks_padding_from_attention_and_loss():
-    batch = collate([([5, 6, 7], [IGNORE, 6, 7]), ([8], [8])], pad_id=0)
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
-    assert batch["labels"].tolist() == [[IGNORE, 6, 7], [8, IGNORE, IGNORE]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+def test_collate_left_pads_and_labels_exactly_the_completion_tokens():
+    batch = collate([([5, 6, 7], [IGNORE, 6, 7]), ([8, 9], [IGNORE, 9])], pad_id=0)
+    assert "prefix_ids" not in batch  # nothing shared: no prefix
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 8, 9]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 1, 1]]
+    assert batch["position_ids"][1, 1:].tolist() == [0, 1]
+    assert batch["mask"].tolist() == [[1.0, 1.0], [0.0, 1.0]]  # scores of tokens 6, 7 and 9
+    prompt = list(range(10, 30))
+    shared = collate([(prompt + [1, 2], [IGNORE] * 20 + [1, 2]), (prompt + [3], [IGNORE] * 20 + [3])], pad_id=0)
+    assert shared["prefix_ids"].tolist() == [prompt[:19]]  # stops before the position scoring the first label
+    assert shared["input_ids"].tolist() == [[29, 1, 2], [0, 29, 3]]
+    assert shared["position_ids"][:, -1].tolist() == [21, 20]
 
 
 def test_demos_file_is_filtered_by_reward_and_a_bad_line_names_file_and_line(tmp_path):
@@ -83,7 +118,8 @@ def test_epoch_order_depends_only_on_seed_and_epoch(tokenizer):
     def order(epoch: int) -> list[tuple[int, ...]]:
         loader = DemoDataModule(demos, tokenizer, 128, batch_size=3, seed=7).train_dataloader()
         loader.sampler.set_epoch(epoch)
-        return [tuple(row) for batch in loader for row in batch["input_ids"].tolist()]
+        rows = [all_or_none(batch, everywhere=False)["input_ids"] for batch in loader]
+        return [tuple(t for t in row if t != tokenizer.pad_token_id) for rs in rows for row in rs.tolist()]
 
     assert order(1) == order(1)
     assert order(0) != order(1) and sorted(order(0)) == sorted(order(1))

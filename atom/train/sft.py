@@ -23,6 +23,7 @@ from atom.agent.hf_policy import centre_truncate, encode_prompt
 from atom.agent.rollout import Trajectory
 from atom.data.datamodule import EpochShuffler
 from atom.data.records import DataError
+from atom.train.batches import TurnSequence, all_or_none, pad_batch, prefix_sharing, shared_prefix, token_logprobs
 from atom.train.collection import TeacherConfig
 from atom.train.preemption import ResumableLoader
 from atom.train.sharding import RankZeroState, is_fsdp, meta_copy, unshard
@@ -121,16 +122,13 @@ class DemoDataset(Dataset):
 
 
 def collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example; padding is masked from attention and loss."""
-    width = max(len(ids) for ids, _ in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, (ids, lab) in enumerate(batch):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(lab)] = torch.tensor(lab)
-        attention[row, : len(ids)] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+    """``pad_batch`` of the examples: left-padded, the labelled tokens in ``mask``, the prompt prefix common to
+    the batch (the system prompt at least) in ``prefix_ids`` so that the forward runs it once."""
+    seqs = []
+    for ids, labels in batch:
+        mask = torch.tensor(labels) != IGNORE
+        seqs.append(TurnSequence(torch.tensor(ids), mask, torch.zeros(int(mask.sum()))))
+    return pad_batch(seqs, pad_id, shared_prefix(seqs, minimum=16))
 
 
 class DemoDataModule(L.LightningDataModule):
@@ -187,9 +185,14 @@ class SFTModule(L.LightningModule):
         self.model.train()  # from_pretrained returns eval mode, which Lightning now preserves
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = sft_loss(logits, batch["labels"])
-        tokens = (batch["labels"] != IGNORE).sum()
+        if not prefix_sharing(self.model):  # no KV cache under activation checkpointing: whole sequences
+            batch = all_or_none(batch, everywhere=False)
+        elif is_fsdp(self.trainer.strategy):  # every rank runs the prefix forward, or none does
+            shared = torch.tensor(float("prefix_ids" in batch), device=self.device)
+            batch = all_or_none(batch, float(self.trainer.strategy.reduce(shared, reduce_op="min")) > 0)
+        logprobs, _ = token_logprobs(self.model, batch, 1.0)
+        loss = sft_loss(logprobs, batch["mask"])
+        tokens = batch["mask"].sum()
         self.log("sft/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         self.log("sft/completion_tokens", tokens.float(), reduce_fx="sum", batch_size=len(batch["input_ids"]))
         return loss
@@ -204,10 +207,7 @@ class SFTModule(L.LightningModule):
         return adamw_with_warmup(params, self.cfg.lr, self.cfg.weight_decay, self.cfg.warmup_steps, "sft")
 
 
-def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of token t+1 given tokens <= t, over positions whose label is not IGNORE."""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    return torch.nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE
-    )
+def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of the labelled tokens (``token_logprobs`` at temperature 1 and ``mask``):
+    next-token cross-entropy, token mean over the micro-batch."""
+    return -(logprobs * mask).sum() / mask.sum().clamp(min=1)
