@@ -109,9 +109,8 @@ def prefix_sharing(model) -> bool:
 
 
 def all_or_none(batch: dict[str, torch.Tensor], everywhere: bool) -> dict[str, torch.Tensor]:
-    """``batch`` as it is when ``everywhere`` (every rank shares a prefix), else with its prefix put back into
-    every row (between the prefix and a shorter row's tokens lie masked pads): sharded forwards are collectives,
-    so all ranks must run as many of them."""
+    """``batch`` as it is when ``everywhere`` (the prefix may be shared), else with its prefix put back into
+    every row (between the prefix and a shorter row's tokens lie masked pads): the same tokens, one forward."""
     if everywhere or "prefix_ids" not in batch:
         return batch
     out = dict(batch)

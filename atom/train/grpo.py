@@ -98,7 +98,7 @@ class GRPOConfig:
     val_every: int = 0  # rollout steps between greedy validations on val samples; 0 = never
     val_samples: int = 8  # validation samples per validation
     checkpoint_every: int = 10  # rollout steps between kept checkpoints (last.ckpt is rewritten every step)
-    share_prefix: bool = True  # run a micro-batch's common prompt prefix once, its KV cache shared by every row
+    share_prefix: bool = True  # a micro-batch's common prompt prefix runs once for all its rows (not under FSDP)
     rollout_engine: str = "hf"  # hf: transformers generate | vllm: colocated vLLM engine (CUDA, pip install atom[vllm])
     vllm: VLLMConfig = field(default_factory=VLLMConfig)  # the vLLM engine of rollout_engine=vllm
 
@@ -409,15 +409,11 @@ class GRPOModule(L.LightningModule):
         return out
 
     def _prefix(self, micro: list[TurnSequence]) -> int:
-        """The micro-batch's shared prompt prefix (``grpo.share_prefix``), 0 = plain forward. Under FSDP every
-        rank must run as many (collective) forwards, so the prefix is used only when all ranks have one."""
-        if not self.cfg.share_prefix or not prefix_sharing(self.model):
+        """The micro-batch's shared prompt prefix (``grpo.share_prefix``), 0 = plain forward. Not under FSDP:
+        FSDP2 frees the gathered weights after each forward, and the prefix forward's backward then fails."""
+        if not self.cfg.share_prefix or not prefix_sharing(self.model) or is_fsdp(self.trainer.strategy):
             return 0
-        prefix = shared_prefix(micro, minimum=16)
-        if is_fsdp(self.trainer.strategy):
-            everywhere = torch.tensor(float(prefix > 0), device=self.device)
-            prefix = prefix if float(self.trainer.strategy.reduce(everywhere, reduce_op="min")) > 0 else 0
-        return prefix
+        return shared_prefix(micro, minimum=16)
 
     def _ref_logprobs(self, b: dict[str, torch.Tensor]):
         if self.ref_model is not None:

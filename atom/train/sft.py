@@ -185,11 +185,10 @@ class SFTModule(L.LightningModule):
         self.model.train()  # from_pretrained returns eval mode, which Lightning now preserves
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        if not prefix_sharing(self.model):  # no KV cache under activation checkpointing: whole sequences
+        # Whole sequences without a KV cache in training (activation checkpointing) and under FSDP (FSDP2 frees
+        # the gathered weights after each forward, and the prefix forward's backward then fails).
+        if not prefix_sharing(self.model) or is_fsdp(self.trainer.strategy):
             batch = all_or_none(batch, everywhere=False)
-        elif is_fsdp(self.trainer.strategy):  # every rank runs the prefix forward, or none does
-            shared = torch.tensor(float("prefix_ids" in batch), device=self.device)
-            batch = all_or_none(batch, float(self.trainer.strategy.reduce(shared, reduce_op="min")) > 0)
         logprobs, _ = token_logprobs(self.model, batch, 1.0)
         loss = sft_loss(logprobs, batch["mask"])
         tokens = batch["mask"].sum()
