@@ -160,6 +160,10 @@ def grpo(model, p: Pieces, restart_adapters: bool = False):
         check_val_every_n_epoch=cfg.grpo.val_every or 1, limit_val_batches=1.0 if validate else 0,
     )  # fmt: skip
     trainer.fit(module, datamodule=p.data, ckpt_path=resume_path(cfg.trainer, p.run_dir, "grpo"), weights_only=True)
+    total, mixed = module.groups["total"], module.groups["mixed"]
+    if total and p.rank == 0:  # a group whose rewards are all equal has advantage 0 everywhere: it teaches nothing
+        share = 100 * mixed / total
+        log.info("GRPO: %d of %d groups had mixed rewards (non-zero advantages), %.0f%%", mixed, total, share)
     trained = module.trained_model()
     _release(module, trainer)
     return trained

@@ -208,7 +208,7 @@ def test_fit_command_under_fsdp_on_two_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     run = tmp_path / "quickstart"
     table = json.loads((run / "results.json").read_text())
-    assert set(table) == {"atommem (before)", "atommem (after sft+grpo)"}
+    assert set(table) == {"atommem (before)", "atommem (after sft)", "atommem (after sft+grpo)"}
     assert (run / "policy" / "model.safetensors").is_file()
     events = EventAccumulator(str(run / "tb" / "grpo")).Reload()
     tags = set(events.Tags()["scalars"])

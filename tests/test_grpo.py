@@ -86,10 +86,13 @@ def test_rollout_batches_depend_only_on_seed_and_step_and_split_whole_prompts_ov
 
 
 @pytest.mark.slow
-def test_one_grpo_step_moves_every_trainable_parameter(tmp_path, parity_reward):
+def test_one_grpo_step_moves_every_trainable_parameter(tmp_path, parity_reward, caplog):
     p, model = build(TINY + [f"run.out_dir={tmp_path}", "grpo.max_steps=1"])
     before = {n: t.detach().clone() for n, t in model.named_parameters() if t.requires_grad}
-    model = pipeline.grpo(model, p)
+    with caplog.at_level("INFO", logger="atom.pipeline"):
+        model = pipeline.grpo(model, p)
+    said = [r.getMessage() for r in caplog.records if "groups had mixed rewards" in r.getMessage()]
+    assert len(said) == 1 and said[0].split(" groups")[0].endswith("of 2")  # 2 prompts per step: 2 groups
     after = dict(model.named_parameters())
     unchanged = [n for n, t in before.items() if torch.equal(t, after[n].detach())]
     assert not unchanged, f"parameters that did not move: {unchanged}"

@@ -222,8 +222,8 @@ def episode_result(
         release = sum(release_em) / len(release_em)
     return EpisodeResult(
         sample_id=sample.id, predictions=list(predictions), em=squad.em, f1=squad.f1,
-        reward={"squad": squad.reward, "f1": squad.mean_f1, "release": release}[cfg.reward], stats=stats, facts_stored=coverage[0],
-        facts_retrieved=coverage[1], release_em=release_em, release_score=release,
+        reward={"squad": squad.reward, "f1": squad.mean_f1, "release": release}[cfg.reward], stats=stats,
+        facts_stored=coverage[0], facts_retrieved=coverage[1], release_em=release_em, release_score=release,
     )  # fmt: skip
 
 

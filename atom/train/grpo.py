@@ -167,6 +167,7 @@ class GRPOModule(L.LightningModule):
         object.__setattr__(self, "skeleton", None)
         self._hold("ref_model", None)
         self._hold("generation_model", None)
+        self.groups = {"total": 0, "mixed": 0}  # GRPO groups of this process's rollout steps, all ranks summed
 
     def _hold(self, name: str, module: torch.nn.Module | None) -> None:
         # A plain attribute, not a submodule: never in state_dict, the optimizer or a checkpoint.
@@ -238,6 +239,11 @@ class GRPOModule(L.LightningModule):
         batch_std = self._global_std(rewards) if cfg.std_scale == "batch" else None
         advantages = group_advantages(rewards, cfg.group_size, cfg.std_scale, batch_std=batch_std)
         zero = zero_std_groups(rewards, cfg.group_size)
+        counts = torch.tensor([float(len(zero)), float((~zero).sum())], device=self.device)
+        if self.trainer.world_size > 1:
+            counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        self.groups["total"] += int(counts[0])
+        self.groups["mixed"] += int(counts[1])
         keep = (~zero).repeat_interleave(cfg.group_size) if cfg.drop_zero_std else torch.ones_like(rewards).bool()
         seqs = turn_sequences(trajectories, advantages, keep)
         logp_diff = self._trainer_old_logprobs(seqs) if getattr(self.rollout_engine, "raw_logprobs", False) else None
