@@ -4,8 +4,9 @@ The pieces are built once (``atom.pipeline.build``), then the model goes through
 trained and unsharded. The run directory ``<run.out_dir>/<run.name>/`` holds ``config.yaml`` (resolved),
 ``tb/<stage>/`` (TensorBoard), ``checkpoints/<stage>/last.ckpt``, ``policy/`` (the trained model, loadable by
 transformers and atom.evaluate), ``eval/<tag>/`` for each evaluation (``before``, ``after_sft``,
-``after_sft_grpo``, ...) and ``results.{json,md}``, the table of every evaluation of the run. Running the same
-command again resumes each stage from its last checkpoint.
+``after_sft_grpo``, ...), ``results.{json,md}``, the table of every evaluation of the run, and with several
+evaluations ``paired.json`` (exact McNemar tests of per-question EM between consecutive evaluations and first ->
+last, also in ``results.md``). Running the same command again resumes each stage from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from atom.cli import parser as cli_parser
 from atom.config import Config, ConfigError, load_config, save_config
 from atom.data.records import DataError
 from atom.eval.report import markdown_table
+from atom.eval.stats import PairedTest, paired_evaluations, paired_markdown
 from atom.rundir import hold
 
 log = logging.getLogger("atom.fit")
@@ -59,12 +61,15 @@ def _fit(cfg: Config) -> dict:
     trained: list[str] = []
     trains = any(s in cfg.run.stages for s in ("sft", "grpo"))
 
+    evaluated: list[tuple[str, str]] = []  # (label, tag) of each evaluation, in order
+
     def evaluation(label: str, tag: str) -> None:
         if p.rank == 0:
             if (p.run_dir / "eval" / tag / "results.json").is_file():  # a re-run of this run (resume): say so
                 log.info("replacing %s from an earlier attempt of this run", p.run_dir / "eval" / tag)
             rows = pipeline.evaluate(model, p, p.run_dir / "eval" / tag)
             table.update({f"{m}{label}": r for m, r in rows.items()})
+            evaluated.append((label, tag))
 
     if cfg.eval.before_training and "eval" in cfg.run.stages and trains:
         evaluation(" (before)", "before")
@@ -84,10 +89,27 @@ def _fit(cfg: Config) -> dict:
     if trains:
         log.info("policy saved to %s", pipeline.save_policy(model, p))
     if table:
+        paired = _paired(p.run_dir, evaluated, cfg.eval.methods)
         (p.run_dir / "results.json").write_text(json.dumps(table, indent=2))
-        (p.run_dir / "results.md").write_text(markdown_table(table) + "\n")
-        print(markdown_table(table))
+        text = markdown_table(table) + ("\n\n" + paired_markdown(paired) if paired else "")
+        (p.run_dir / "results.md").write_text(text + "\n")
+        if paired:
+            (p.run_dir / "paired.json").write_text(json.dumps({k: t.as_dict() for k, t in paired.items()}, indent=2))
+        print(text)
     return table
+
+
+def _paired(run_dir: Path, evaluated: list[tuple[str, str]], methods: list[str]) -> dict[str, PairedTest]:
+    """Exact McNemar tests of per-question EM between consecutive evaluations of the run (and first -> last):
+    every evaluation of one run is on the same held-out samples, so the questions pair up."""
+    pairs = list(zip(evaluated, evaluated[1:]))
+    if len(evaluated) > 2:
+        pairs.append((evaluated[0], evaluated[-1]))
+    out = {}
+    for (a, ta), (b, tb) in pairs:
+        for m in methods:
+            out[f"{m}{a} -> {m}{b}"] = paired_evaluations(run_dir / "eval" / ta, run_dir / "eval" / tb, m)
+    return out
 
 
 if __name__ == "__main__":

@@ -100,3 +100,12 @@ def test_an_evaluation_after_each_stage_is_labelled_by_what_was_trained(tmp_path
     for tag in ("before", "after_sft", "after_sft_grpo"):
         assert (cfg.run.dir / "eval" / tag / "results.json").is_file()
     assert "(after sft+grpo)" in (cfg.run.dir / "results.md").read_text()
+    paired = json.loads((cfg.run.dir / "paired.json").read_text())
+    assert list(paired) == [
+        "atommem (before) -> atommem (after sft)",
+        "atommem (after sft) -> atommem (after sft+grpo)",
+        "atommem (before) -> atommem (after sft+grpo)",
+    ]
+    questions = sum(len(r["em"]) for r in map(json.loads, open(cfg.run.dir / "eval" / "before" / "episodes.jsonl")))
+    assert all(t["n"] == questions and 0 <= t["p"] <= 1 for t in paired.values())
+    assert "exact McNemar" in (cfg.run.dir / "results.md").read_text()

@@ -59,3 +59,25 @@ def test_paired_test_counts_discordant_questions_exactly():
         paired_test([0, 1], [1])
     with pytest.raises(ValueError, match="0/1"):
         paired_test([0.5], [1])
+
+
+def test_paired_evaluations_pair_questions_of_two_eval_dirs_and_name_a_bad_line(tmp_path):
+    import json
+
+    from atom.eval.stats import paired_evaluations
+
+    def write(name, rows):
+        d = tmp_path / name
+        d.mkdir()
+        lines = [json.dumps({"method": m, "sample_id": s, "em": em}) for m, s, em in rows]
+        (d / "episodes.jsonl").write_text("\n".join(lines) + "\n")
+        return d
+
+    a = write("a", [("atommem", "s0", [0, 1]), ("atommem", "s1", [0]), ("rag", "s0", [1, 1])])
+    b = write("b", [("atommem", "s1", [1]), ("atommem", "s0", [1, 0]), ("rag", "s0", [0, 0])])
+    t = paired_evaluations(a, b, "atommem")
+    assert (t.n, t.gained, t.lost) == (3, 2, 1)
+    assert paired_evaluations(a, b, "rag").lost == 2
+    (b / "episodes.jsonl").write_text('{"method": "atommem"}\n')
+    with pytest.raises(ValueError, match=r"episodes\.jsonl:1: not an episode record"):
+        paired_evaluations(a, b, "atommem")

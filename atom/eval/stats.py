@@ -7,8 +7,10 @@ two-sided (scipy's ``binomtest``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from scipy.stats import binomtest
 
@@ -43,3 +45,42 @@ def paired_test(before: Sequence[float], after: Sequence[float]) -> PairedTest:
     p = binomtest(lost, gained + lost, 0.5).pvalue if gained + lost else 1.0
     n = len(before)
     return PairedTest(n, sum(before) / max(n, 1), sum(after) / max(n, 1), gained, lost, float(p))
+
+
+def question_em(eval_dir: Path, method: str) -> dict[tuple[str, int], float]:
+    """Per-question SQuAD EM of ``method`` in an evaluation directory (its ``episodes.jsonl``), keyed by
+    (sample id, question index)."""
+    path = Path(eval_dir) / "episodes.jsonl"
+    out = {}
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if row["method"] == method:
+                    out.update({(row["sample_id"], i): float(em) for i, em in enumerate(row["em"])})
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{lineno}: not an episode record ({exc!r})") from exc
+    return out
+
+
+def paired_evaluations(before: Path, after: Path, method: str) -> PairedTest:
+    """``paired_test`` of one method's per-question EM in two evaluation directories, on the questions both
+    hold (an atom.fit run evaluates the same held-out samples each time)."""
+    a, b = question_em(before, method), question_em(after, method)
+    keys = sorted(a.keys() & b.keys())
+    if not keys:
+        raise ValueError(f"{before} and {after} share no question of method {method!r}")
+    return paired_test([a[k] for k in keys], [b[k] for k in keys])
+
+
+def paired_markdown(tests: dict[str, PairedTest]) -> str:
+    """The paired comparisons of a run as a table (one row per 'X -> Y')."""
+    lines = [
+        "| comparison (per-question EM) | before | after | gained | lost | p (exact McNemar) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, t in tests.items():
+        lines.append(f"| {name} | {100 * t.before:.1f} | {100 * t.after:.1f} | {t.gained} | {t.lost} | {t.p:.3g} |")
+    return "\n".join(lines)
