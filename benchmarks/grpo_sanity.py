@@ -1,6 +1,6 @@
 """GRPO sanity run: does the loss have the right sign and scale? (``atom.train.sanity`` describes the task.)
 
-    python benchmarks/grpo_sanity.py                 # ~15 minutes on 2 cores: probe, GRPO, flipped-sign control
+    python benchmarks/grpo_sanity.py                 # ~25 minutes on 2 cores: start, GRPO, flipped-sign control
     python benchmarks/grpo_sanity.py --probe         # start success rates only, for 2..5 facts per prompt
 
 Measures the embedded SmolLM2-135M-Instruct's greedy success on ``--heldout`` held-out prompts, then runs
@@ -85,10 +85,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--facts", type=int, default=3, help="people (and cities) per prompt")
-    ap.add_argument("--steps", type=int, default=20, help="GRPO rollout steps per run")
+    ap.add_argument("--steps", type=int, default=16, help="GRPO rollout steps per run")
     ap.add_argument("--group-size", type=int, default=8)
     ap.add_argument("--prompts", type=int, default=8, help="prompts per rollout step")
-    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--temperature", type=float, default=1.0, help="rollout sampling temperature")
     ap.add_argument("--heldout", type=int, default=200, help="held-out prompts measured before and after")
     ap.add_argument("--seed", type=int, default=0)
