@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import lightning
@@ -211,6 +213,12 @@ def test_synthetic_validation_can_come_from_a_world_of_its_own():
     assert data.val_samples and not any(t in s.context for t in train_titles for s in data.val_samples)
     with pytest.raises(ValueError, match="val_seed must differ"):
         SyntheticConfig(seed=3, val_seed=3)
+    larger = dataclasses.replace(cfg, synthetic=dataclasses.replace(cfg.synthetic, val_records=40))
+    data = AtomDataModule(larger)
+    data.setup()
+    assert len(data.train_records) == 24 and len(data.val_records) == 40  # more held-out than training questions
+    with pytest.raises(ValueError, match="val_records"):
+        SyntheticConfig(val_records=-1)
 
 
 def test_eval_path_keeps_training_and_evaluation_data_apart(tmp_path):

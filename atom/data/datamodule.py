@@ -166,10 +166,14 @@ class AtomDataModule(lightning.LightningDataModule):
         synthetic = self.cfg.synthetic
         if self.cfg.dataset == "synthetic" and synthetic.val_seed >= 0:
             # Validation from a world of its own: no entity or fact of it was trained on, so EM measures the
-            # memory skill rather than memorised world facts. Its size is val_fraction of the training records.
+            # memory skill rather than memorised world facts. Its size is synthetic.val_records, else val_fraction
+            # of the training records.
             n_val = max(1, round(self.cfg.val_fraction * len(self.records))) if self.cfg.val_fraction > 0 else 0
+            n_val = synthetic.val_records or n_val
             self.train_records = self.records
-            held_out = dataclasses.replace(synthetic, seed=synthetic.val_seed, val_seed=-1, num_records=max(n_val, 1))
+            held_out = dataclasses.replace(
+                synthetic, seed=synthetic.val_seed, val_seed=-1, val_records=0, num_records=max(n_val, 1)
+            )
             self.val_records = generate(held_out) if n_val else []
             train_pool, val_pool = paragraph_pool(self.train_records), paragraph_pool(self.val_records)
         elif self.cfg.eval_path:

@@ -61,10 +61,13 @@ class SyntheticConfig:
     distractors: int = 8  # paragraphs per record about other entities of the chain's types
     seed: int = 0  # seed of the world and of the questions
     val_seed: int = -1  # >= 0: validation comes from a second world of this seed (unseen entities); -1: split one
+    val_records: int = 0  # with val_seed: questions of the validation world; 0 = data.val_fraction x num_records
 
     def __post_init__(self) -> None:
         if self.val_seed >= 0 and self.val_seed == self.seed:
             raise ValueError(f"data.synthetic.val_seed must differ from data.synthetic.seed ({self.seed}) or be -1")
+        if self.val_records < 0:
+            raise ValueError(f"data.synthetic.val_records must be >= 0, got {self.val_records}")
         if self.num_records < 1:
             raise ValueError(f"data.synthetic.num_records must be >= 1, got {self.num_records}")
         if not 1 <= self.hops <= 4:
