@@ -241,3 +241,21 @@ def test_a_shared_prefix_runs_once_and_gives_the_plain_forwards_logprobs_and_gra
     torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(shared_grad, plain_grad, atol=1e-5, rtol=1e-4)
     assert plain_grad.abs().sum() > 0
+
+    # A group's first turns share the whole prompt: each row after the prefix is one prompt token and its
+    # completion, shorter than the longest completion's window. Every completion token must still be scored.
+    r = replies[1]
+    same = [
+        TurnSequence(torch.cat([r.prompt_ids, r.completion_ids[:c]]),
+                  torch.cat([torch.zeros(len(r.prompt_ids)), torch.ones(c)]).bool(), r.logprobs[:c], 1.0)
+        for c in (5, 2, 3)
+    ]  # fmt: skip
+    seqs[:] = same
+    prefix = shared_prefix(seqs)
+    assert prefix == len(r.prompt_ids) - 1
+    assert int(pad_batch(seqs, p.tokenizer.pad_token_id, prefix)["mask"].sum()) == 5 + 2 + 3
+    plain, plain_grad = run(0)
+    shared, shared_grad = run(prefix)
+    assert len(shared) == len(plain) == 10
+    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared_grad, plain_grad, atol=1e-5, rtol=1e-4)

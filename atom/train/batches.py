@@ -83,7 +83,7 @@ def pad_batch(seqs: Sequence[TurnSequence], pad_id: int, prefix: int = 0) -> dic
         n = len(s.input_ids)
         input_ids[row, width - n :] = s.input_ids
         attention[row, width - n :] = 1
-        tail = s.mask[len(s.mask) - (keep - 1) :] if keep > 1 else s.mask[:0]
+        tail = s.mask[max(len(s.mask) - (keep - 1), 0) :] if keep > 1 else s.mask[:0]
         loss_mask[row, keep - 1 - len(tail) :] = tail.float()
         c = len(s.old_logprobs)
         if c:
