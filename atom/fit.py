@@ -89,8 +89,8 @@ def _fit(cfg: Config) -> dict:
     if trains:
         log.info("policy saved to %s", pipeline.save_policy(model, p))
     if table:
-        paired = _paired(p.run_dir, evaluated, cfg.eval.methods)
         (p.run_dir / "results.json").write_text(json.dumps(table, indent=2))
+        paired = _paired(p.run_dir, evaluated, cfg.eval.methods)
         text = markdown_table(table) + ("\n\n" + paired_markdown(paired) if paired else "")
         (p.run_dir / "results.md").write_text(text + "\n")
         if paired:
@@ -101,14 +101,17 @@ def _fit(cfg: Config) -> dict:
 
 def _paired(run_dir: Path, evaluated: list[tuple[str, str]], methods: list[str]) -> dict[str, PairedTest]:
     """Exact McNemar tests of per-question EM between consecutive evaluations of the run (and first -> last):
-    every evaluation of one run is on the same held-out samples, so the questions pair up."""
-    pairs = list(zip(evaluated, evaluated[1:]))
-    if len(evaluated) > 2:
-        pairs.append((evaluated[0], evaluated[-1]))
+    every evaluation of one run is on the same held-out samples, so the questions pair up. A comparison that
+    cannot be made is logged and left out; the run's results are already written."""
+    tags = list(dict(evaluated).items())  # one entry per distinct label, in order
+    pairs = list(zip(tags, tags[1:])) + ([(tags[0], tags[-1])] if len(tags) > 2 else [])
     out = {}
     for (a, ta), (b, tb) in pairs:
         for m in methods:
-            out[f"{m}{a} -> {m}{b}"] = paired_evaluations(run_dir / "eval" / ta, run_dir / "eval" / tb, m)
+            try:
+                out[f"{m}{a} -> {m}{b}"] = paired_evaluations(run_dir / "eval" / ta, run_dir / "eval" / tb, m)
+            except (OSError, ValueError) as exc:
+                log.warning("no paired test %s%s -> %s%s: %s", m, a, m, b, exc)
     return out
 
 
