@@ -28,7 +28,8 @@ _DOCS = {
     "update": '<update id="3">new text</update>  replace the text of memory 3',
     "delete": '<delete id="5"/>  delete memory 5',
     "scratchpad": "<scratchpad>Q1: ...</scratchpad>  overwrite the scratchpad, which is always shown to you",
-    "answer": "<answer>Morvania</answer>  answer the current question (only when asked to answer)",
+    # a placeholder, not a name: a small policy copies a concrete example answer when unsure
+    "answer": "<answer>short answer</answer>  answer the current question (only when asked to answer)",
 }
 _WORKED = (
     ("create", "<create>Keldon: Keldon is a town in Morvania.</create>"),
@@ -130,7 +131,7 @@ def answer_prompt(
         )
     else:
         lines.append(f"You must answer now. Reply with {fmt}.")
-    lines.append("Give only the exact answer (a name, date, number or yes/no), e.g. <answer>Paris</answer>.")
+    lines.append("Give only the exact answer (a name, date, number or yes/no), copied from memory.")
     return "\n".join(lines)
 
 
