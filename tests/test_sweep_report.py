@@ -58,7 +58,7 @@ def fake_training_run(tmp_path, name="rl_no_update"):
     """A run directory as atom.fit leaves it: config.yaml, tb/grpo events and an eval/<tag> table."""
     cfg = load_config("experiments/quickstart.yaml", [f"run.out_dir={tmp_path}", f"run.name={name}",
                                                       "agent.allow_update=false", "grpo.prompts_per_step=1",
-                                                      "grpo.group_size=4"])  # fmt: skip
+                                                      "grpo.group_size=4", "data.num_docs=8"])  # fmt: skip
     save_config(cfg, cfg.run.dir)
     writer = SummaryWriter(str(cfg.run.dir / "tb" / "grpo"))
     for step in range(5):
