@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         model = pipeline.load_policy(p)
         if cfg.model.quantization == "none":
             model.to(p.device)  # this process's GPU when there is one; a quantized model stays as loaded
-        policy = HFPolicy(model, p.tokenizer, cfg.sampling, max_prompt_tokens=p.max_prompt_tokens(model))
+        policy = HFPolicy(model, p.tokenizer, cfg.sampling, p.max_prompt_tokens(model), autocast=p.autocast)
     judge = build_judge(cfg.eval.judge)
     engine = p.engine(policy)
     counts = collect(lambda s, r: engine.run(s, repeats=r), samples, args.out, args.repeats, args.batch, judge)

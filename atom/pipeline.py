@@ -82,6 +82,12 @@ class Pieces:
     def max_prompt_tokens(self, model) -> int:
         return self.window(model) - self.cfg.sampling.max_new_tokens
 
+    @property
+    def autocast(self) -> torch.dtype | None:
+        """The dtype that generation outside a Lightning stage (evaluation, collection) autocasts to: bfloat16
+        under ``trainer.precision=bf16-mixed``, so it decodes with the numerics training used; else None."""
+        return torch.bfloat16 if self.cfg.trainer.precision == "bf16-mixed" else None
+
     def engine(self, policy) -> RolloutEngine:
         return RolloutEngine(
             policy, self.embedder, self.chunker, self.cfg.memory, atommem_episode(self.cfg.agent, self.tokenizer)
@@ -199,7 +205,7 @@ def evaluate(model, p: Pieces, out_dir: Path, progress: bool = True) -> dict[str
     rows, _ = harness.evaluate(
         samples, cfg.eval.methods, agent=cfg.agent, ecfg=cfg.eval, sampling=cfg.sampling,
         chunker=p.chunker, embedder=p.embedder, memory_cfg=cfg.memory, model=model, tokenizer=p.tokenizer,
-        window_tokens=p.window(model), out_dir=out_dir, progress=progress,
+        window_tokens=p.window(model), out_dir=out_dir, progress=progress, autocast=p.autocast,
         server=cfg.model.server if cfg.model.backend == "openai" else None, judge=judge,
     )  # fmt: skip
     if judge is not None:

@@ -28,6 +28,7 @@ def test_defaults_and_overrides_merge_with_types():
         ("grpo.std_scale=batchy", "grpo.std_scale must be one of"),
         ("run.stages=[train]", "unknown stage"),
         ("agent.top_k=0", "agent.top_k must be > 0"),
+        ("trainer.precision=bf16", "trainer.precision must be one of ['32-true', 'bf16-mixed'"),
     ],
 )
 def test_bad_overrides_name_the_key_and_the_valid_choices(override, fragment):

@@ -102,6 +102,30 @@ def test_one_grpo_step_moves_every_trainable_parameter(tmp_path, parity_reward, 
 
 
 @pytest.mark.slow
+def test_bf16_mixed_on_cpu_rolls_out_and_updates_under_autocast_with_float32_weights(tmp_path, parity_reward):
+    """trainer.precision=bf16-mixed on CPU (AMX): Lightning autocasts the whole training step, so the rollout's
+    generation and the update's forwards both run bf16 matmuls, while the weights and AdamW stay float32."""
+    p, model = build(TINY + [f"run.out_dir={tmp_path}", "grpo.max_steps=1", "trainer.precision=bf16-mixed"])
+    before = {n: t.detach().clone() for n, t in model.named_parameters()}
+    seen: list = []
+
+    def probe(module, args, kwargs):
+        seen.append(
+            (torch.is_grad_enabled(), torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        )
+
+    handle = model.register_forward_pre_hook(probe, with_kwargs=True)
+    try:
+        model = pipeline.grpo(model, p)
+    finally:
+        handle.remove()
+    assert {dtype for _, dtype in seen} == {torch.bfloat16}
+    assert {grad for grad, _ in seen} == {False, True}  # both the rollout (no grad) and the update ran
+    assert all(t.dtype == torch.float32 for t in model.parameters())
+    assert any(not torch.equal(t, before[n]) for n, t in model.named_parameters())
+
+
+@pytest.mark.slow
 def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, parity_reward):
     straight = pipeline.grpo(*reversed(build(TINY + [f"run.out_dir={tmp_path}/a", "grpo.max_steps=2"])))
     # "killed" after one rollout step: only its checkpoint survives

@@ -71,6 +71,47 @@ def test_recorded_logprobs_equal_a_recomputed_forward(tiny, temperature):
         torch.testing.assert_close(reply.logprobs, expected, atol=2e-4, rtol=1e-4)
 
 
+def test_autocast_generation_records_the_logprobs_of_a_bf16_forward(tiny):
+    """trainer.precision=bf16-mixed: generation under autocast samples from, and records, the bf16 forward."""
+    model, tok = tiny
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=8, seed=5)
+    replies = HFPolicy(model, tok, sampling, autocast=torch.bfloat16).act(OBSERVATIONS)
+    assert next(model.parameters()).dtype == torch.float32  # the weights stay float32 (autocast casts per op)
+    for reply in replies:
+        ids = torch.cat([reply.prompt_ids, reply.completion_ids])[None]
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(input_ids=ids).logits[0, :-1].float()
+        p = len(reply.prompt_ids)
+        expected = torch.log_softmax(logits, -1)[p - 1 :].gather(-1, reply.completion_ids[:, None]).squeeze(-1)
+        # bf16 keeps 8 bits: the cached decode and the full forward round differently, by far less than 0.1 nat
+        assert (reply.logprobs - expected).abs().mean() < 0.05
+    fp32 = HFPolicy(model, tok, sampling).act(OBSERVATIONS)
+    assert any(not torch.equal(a.logprobs, b.logprobs) for a, b in zip(fp32, replies))
+
+
+def test_autocast_off_keeps_an_enclosing_autocast(tiny):
+    """HFPolicy(autocast=None) inside Lightning's bf16-mixed step must not switch the step's autocast off."""
+    model, tok = tiny
+    seen: list = []
+
+    def probe(module, args):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+
+    def act(**kwargs) -> set:
+        seen.clear()
+        HFPolicy(model, tok, SamplingConfig(max_new_tokens=2), **kwargs).act(OBSERVATIONS[:1])
+        return set(seen)
+
+    handle = model.register_forward_pre_hook(probe)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert act() == {torch.bfloat16}
+        assert act() == {None}
+        assert act(autocast=torch.bfloat16) == {torch.bfloat16}
+    finally:
+        handle.remove()
+
+
 def test_same_seed_same_generation_and_different_seed_differs(tiny):
     model, tok = tiny
     run = lambda seed: [  # noqa: E731

@@ -9,6 +9,7 @@ trainer recomputes). Greedy decoding (T = 0) records log-probs at T = 1. Only on
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -75,8 +76,16 @@ class _LogprobRecorder(LogitsProcessor):
 class HFPolicy:
     """Any causal LM with a chat template. ``act`` returns one Reply per prompt, in order."""
 
-    def __init__(self, model, tokenizer, sampling: SamplingConfig, max_prompt_tokens: int = 0):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        sampling: SamplingConfig,
+        max_prompt_tokens: int = 0,
+        autocast: torch.dtype | None = None,
+    ):
         self.model, self.tokenizer, self.sampling = model, tokenizer, sampling
+        self.autocast = autocast  # generate under torch.autocast(dtype) (trainer.precision=bf16-mixed), else as is
         self.max_prompt_tokens = max_prompt_tokens  # 0 = no limit; longer prompts are centre-truncated
         self.calls = 0
         eos = {tokenizer.eos_token_id}
@@ -131,7 +140,9 @@ class HFPolicy:
         self.calls += 1
         was_training = self.model.training
         self.model.eval()
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        # No context when unset: autocast(enabled=False) would switch off an enclosing one (Lightning's bf16-mixed).
+        cast = torch.autocast(device.type, dtype=self.autocast) if self.autocast is not None else nullcontext()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), cast:
             torch.manual_seed(s.seed + self.calls)
             out = self.model.generate(
                 input_ids=input_ids.to(device),

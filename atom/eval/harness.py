@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from atom.agent.episode import AgentConfig
@@ -79,11 +80,12 @@ def evaluate(
     progress: bool = True,
     server: ServerConfig | None = None,
     judge: Judge | None = None,
+    autocast: torch.dtype | None = None,
 ) -> tuple[dict[str, dict], dict[str, list[Trajectory]]]:
     """Run each method over ``samples``; return (summary per method, trajectories per method).
 
     ``server``: the policy is served (``model.backend=openai``) instead of ``model``. ``judge``: adds the
-    ``judge`` and ``judge_failed`` columns.
+    ``judge`` and ``judge_failed`` columns. ``autocast``: ``model`` generates under ``torch.autocast(dtype)``.
     """
     from atom.agent.oracle import OraclePolicy
 
@@ -100,7 +102,8 @@ def evaluate(
         else:
             if model is None:
                 raise ValueError(f"eval method '{method}' needs a model")
-            policy = HFPolicy(model, tokenizer, greedy, max_prompt_tokens=window_tokens - greedy.max_new_tokens)
+            limit = window_tokens - greedy.max_new_tokens
+            policy = HFPolicy(model, tokenizer, greedy, max_prompt_tokens=limit, autocast=autocast)
         budget = ecfg.full_context_tokens or window_tokens - greedy.max_new_tokens - 256
         engine = RolloutEngine(
             policy, embedder, chunker, memory_cfg, episode_factory(method, agent, ecfg, budget, tokenizer)

@@ -23,6 +23,7 @@ from atom.train.preemption import SaveOnSignal, resume_checkpoint, save_swapped
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "ddp", "fsdp", "fsdp_grad_op")
+PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")  # Lightning's names
 
 
 @dataclass
@@ -31,7 +32,9 @@ class TrainerConfig:
     devices: int = 1  # processes (GPUs) per node; >1 needs strategy ddp or fsdp
     num_nodes: int = 1  # machines
     strategy: str = "auto"  # auto (one device) | ddp | fsdp (FSDP2) | fsdp_grad_op (FSDP2, no reshard after forward)
-    precision: str = "32-true"  # Lightning precision: 32-true | bf16-mixed | bf16-true
+    # Lightning precision: 32-true | bf16-mixed (float32 weights, bf16 autocast: the fast path on CPUs with AMX,
+    # where evaluation generates under the same autocast) | bf16-true | 16-mixed | 16-true | 64-true
+    precision: str = "32-true"
     log_every: int = 1  # optimizer steps between logged scalars
     resume: bool = True  # continue a stage from <run>/checkpoints/<stage>/last.ckpt when it exists
     keep_checkpoints: int = 2  # periodic checkpoints kept besides last.ckpt (the newest); 0 = last.ckpt only
@@ -40,6 +43,8 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"trainer.strategy must be one of {list(STRATEGIES)}, got '{self.strategy}'")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"trainer.precision must be one of {list(PRECISIONS)}, got '{self.precision}'")
         if self.devices <= 0 or self.num_nodes <= 0:
             raise ValueError("trainer.devices and trainer.num_nodes must be > 0")
         if self.keep_checkpoints < 0:
