@@ -72,3 +72,18 @@ def test_lora_dropout_with_grpo_is_refused_naming_the_field():
     with pytest.raises(ConfigError, match=r"model\.lora\.dropout must be 0 when run\.stages has grpo"):
         load_config(None, ["run.stages=[grpo]", "model.lora.enabled=true", "model.lora.dropout=0.1"])
     assert load_config(None, ["run.stages=[sft]", "model.lora.enabled=true", "model.lora.dropout=0.1"])
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_to_use_float32(tmp_path, monkeypatch, caplog):
+    from atom.train import trainer as trainer_mod
+
+    cfg = trainer_mod.TrainerConfig(accelerator="cpu", precision="bf16-mixed")
+    monkeypatch.setattr(trainer_mod, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger="atom.train.trainer"):
+        trainer_mod.build_trainer(cfg, tmp_path, "sft", every_n_epochs=1)
+    assert any("trainer.precision=32-true" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    monkeypatch.setattr(trainer_mod, "cpu_has_native_bf16", lambda: True)
+    with caplog.at_level("WARNING", logger="atom.train.trainer"):
+        trainer_mod.build_trainer(cfg, tmp_path, "sft", every_n_epochs=1)
+    assert not any("emulated" in r.getMessage() for r in caplog.records)

@@ -102,6 +102,26 @@ class LastCheckpoint(Checkpoint):
             self.save(trainer)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU runs bfloat16 matmuls natively (AVX512-BF16 or AMX, through oneDNN)."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:
+        return False
+
+
+def warn_if_bf16_is_emulated(cfg: TrainerConfig) -> None:
+    """bf16 precision on a CPU without native bfloat16 matmuls runs slower than float32: say so, once per stage."""
+    on_cpu = cfg.accelerator == "cpu" or (cfg.accelerator == "auto" and not torch.cuda.is_available())
+    if on_cpu and cfg.precision.startswith("bf16") and not cpu_has_native_bf16():
+        log.warning(
+            "trainer.precision=%s on a CPU without AVX512-BF16/AMX: bfloat16 is emulated there and slower than "
+            "float32; set trainer.precision=32-true",
+            cfg.precision,
+        )
+
+
 def build_trainer(cfg: TrainerConfig, run_dir: str | Path, stage: str, every_n_epochs: int, **kwargs) -> L.Trainer:
     """A Trainer logging to TensorBoard under the run; ``last.ckpt`` every epoch plus the newest
     ``keep_checkpoints`` of the checkpoints taken every ``every_n_epochs`` epochs."""
@@ -122,6 +142,7 @@ def build_trainer(cfg: TrainerConfig, run_dir: str | Path, stage: str, every_n_e
             )  # fmt: skip
         )
     callbacks += [LastCheckpoint(dirpath / "last.ckpt"), SaveOnSignal(dirpath / "last.ckpt")]
+    warn_if_bf16_is_emulated(cfg)
     return L.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
