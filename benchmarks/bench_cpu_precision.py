@@ -11,8 +11,9 @@ run), each twice in alternating order so the spread shows the noise:
 - prefill: a no-grad forward over a batch of prompts (tokens/s);
 - generation: ``HFPolicy.generate_ids`` on the same prompts, sampling at T = 1 a fixed number of new tokens
   (EOS suppressed), so both precisions decode the same number of steps (generated tokens/s);
-- update: forward + backward of the token log-probs of prompt + completion sequences, micro-batches of
-  ``grpo.micro_batch_size`` (tokens/s);
+- update: forward + backward of the completion tokens' log-probs as GRPO's update computes them (length-bucketed
+  micro-batches of ``grpo.micro_batch_size``, the shared prompt prefix run once, logits only on completions),
+  in real (unpadded) tokens/s;
 - numerics: the per-token gap between the log-probs recorded while sampling and those of a full forward over
   the same tokens, in each precision (what GRPO's ratio sees as pi_old vs pi at its first step); the mean and
   99th percentile over completion tokens of |log p_fp32 - log p_bf16| (what it would see if rollout and update
@@ -40,6 +41,7 @@ from atom import pipeline  # noqa: E402
 from atom.agent.hf_policy import HFPolicy, encode_prompt  # noqa: E402
 from atom.agent.oracle import OraclePolicy  # noqa: E402
 from atom.config import load_config  # noqa: E402
+from atom.train.batches import TurnSequence, micro_batches, pad_batch, shared_prefix, token_logprobs  # noqa: E402
 
 
 def cpu_flags() -> list[str]:
@@ -93,7 +95,6 @@ def main() -> None:
     prompts = [encode_prompt(tok, t.messages) for t in turns]
     completions = [tok(t.reply.text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in turns]
     gen_prompts = prompts[: args.prompts]
-    seqs = [a + b for a, b in zip(prompts, completions)][: args.update_sequences]
     sampling = cfg.sampling.__class__(temperature=1.0, max_new_tokens=args.new_tokens, batch_size=args.prompts)
     mb = cfg.grpo.micro_batch_size
 
@@ -125,17 +126,26 @@ def main() -> None:
         ])  # fmt: skip
         return {"mean_abs": float(gaps.mean()), "p99_abs": float(gaps.quantile(0.99)), "max_abs": float(gaps.max())}
 
+    turn_seqs = [
+        TurnSequence(torch.tensor(a + b), torch.tensor([False] * len(a) + [True] * len(b)), torch.zeros(len(b)), 1.0)
+        for a, b in zip(prompts, completions)
+    ][: args.update_sequences]
+    micros = micro_batches(range(len(turn_seqs)), [len(s.input_ids) for s in turn_seqs], mb)
+
     def update(bf16: bool) -> float:
+        """GRPO's update path: length-bucketed micro-batches, the shared prefix run once, logits only where the
+        completion is (``token_logprobs``), a token-sum loss, backward."""
         model.train()
         t0 = time.perf_counter()
-        for i in range(0, len(seqs), mb):
-            micro = seqs[i : i + mb]
+        for micro in micros:
+            batch = [turn_seqs[i] for i in micro]
+            b = pad_batch(batch, pad, shared_prefix(batch, minimum=16))
             with autocast(bf16):
-                logp = seq_logprobs(model, micro, pad)
-            (logp * padded(micro, pad)["attention_mask"][:, 1:]).sum().backward()
+                logp, _ = token_logprobs(model, b, 1.0)
+            (logp * b["mask"]).sum().backward()
         model.zero_grad(set_to_none=True)
         model.eval()
-        return sum(len(s) for s in seqs) / (time.perf_counter() - t0)
+        return sum(len(s.input_ids) for s in turn_seqs) / (time.perf_counter() - t0)
 
     runs: dict[str, dict[str, list[float]]] = {"fp32": {}, "bf16": {}}
     generate(False)  # warm-up
@@ -172,8 +182,8 @@ def main() -> None:
         "prompts": len(gen_prompts),
         "mean_prompt_tokens": mean([len(x) for x in gen_prompts]),
         "new_tokens": args.new_tokens,
-        "update_sequences": len(seqs),
-        "mean_sequence_tokens": mean([len(s) for s in seqs]),
+        "update_sequences": len(turn_seqs),
+        "mean_sequence_tokens": mean([len(s.input_ids) for s in turn_seqs]),
         "tokens_per_s": runs,
         "speedup_bf16_over_fp32": {w: mean(runs["bf16"][w]) / mean(runs["fp32"][w]) for w in runs["fp32"]},
         "logprob_gap": {

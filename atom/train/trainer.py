@@ -32,9 +32,8 @@ class TrainerConfig:
     devices: int = 1  # processes (GPUs) per node; >1 needs strategy ddp or fsdp
     num_nodes: int = 1  # machines
     strategy: str = "auto"  # auto (one device) | ddp | fsdp (FSDP2) | fsdp_grad_op (FSDP2, no reshard after forward)
-    # Lightning precision: 32-true | bf16-mixed (float32 weights, bf16 autocast: the fast path on CPUs with AMX,
-    # where evaluation generates under the same autocast) | bf16-true | 16-mixed | 16-true | 64-true
-    precision: str = "32-true"
+    # bf16-mixed (float32 weights, bf16 autocast; evaluation generates under it too) is also the fast CPU path on AMX
+    precision: str = "32-true"  # Lightning precision: 32-true | bf16-mixed | bf16-true | 16-mixed | 16-true
     log_every: int = 1  # optimizer steps between logged scalars
     resume: bool = True  # continue a stage from <run>/checkpoints/<stage>/last.ckpt when it exists
     keep_checkpoints: int = 2  # periodic checkpoints kept besides last.ckpt (the newest); 0 = last.ckpt only
