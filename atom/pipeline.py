@@ -84,9 +84,9 @@ class Pieces:
 
     @property
     def autocast(self) -> torch.dtype | None:
-        """The dtype that generation outside a Lightning stage (evaluation, collection) autocasts to: bfloat16
-        under ``trainer.precision=bf16-mixed``, so it decodes with the numerics training used; else None."""
-        return torch.bfloat16 if self.cfg.trainer.precision == "bf16-mixed" else None
+        """The dtype that generation outside a Lightning stage (evaluation, collection) autocasts to: that of
+        ``trainer.precision`` bf16-mixed or 16-mixed, so it decodes with the numerics training used; else None."""
+        return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(self.cfg.trainer.precision)
 
     def engine(self, policy) -> RolloutEngine:
         return RolloutEngine(

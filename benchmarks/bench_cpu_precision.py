@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from atom import pipeline  # noqa: E402
-from atom.agent.hf_policy import HFPolicy, encode_prompt  # noqa: E402
+from atom.agent.hf_policy import HFPolicy, SamplingConfig, encode_prompt  # noqa: E402
 from atom.agent.oracle import OraclePolicy  # noqa: E402
 from atom.config import load_config  # noqa: E402
 from atom.train.batches import TurnSequence, micro_batches, pad_batch, shared_prefix, token_logprobs  # noqa: E402
@@ -95,7 +95,7 @@ def main() -> None:
     prompts = [encode_prompt(tok, t.messages) for t in turns]
     completions = [tok(t.reply.text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in turns]
     gen_prompts = prompts[: args.prompts]
-    sampling = cfg.sampling.__class__(temperature=1.0, max_new_tokens=args.new_tokens, batch_size=args.prompts)
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=args.new_tokens, batch_size=args.prompts)
     mb = cfg.grpo.micro_batch_size
 
     def prefill(bf16: bool) -> float:

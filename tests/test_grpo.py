@@ -283,3 +283,18 @@ def test_a_shared_prefix_runs_once_and_gives_the_plain_forwards_logprobs_and_gra
     assert len(shared) == len(plain) == 10
     torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(shared_grad, plain_grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16-mixed", torch.bfloat16), ("32-true", None)])
+def test_evaluation_generates_with_the_numerics_training_used(tiny_pipeline, tmp_path, precision, dtype):
+    """atom.fit's evaluations run outside Lightning: under bf16-mixed they autocast as the training step did."""
+    p, model = tiny_pipeline(f"trainer.precision={precision}", "eval.max_samples=1", "eval.methods=[atommem]")
+    seen: list = []
+    handle = model.register_forward_pre_hook(
+        lambda m, a: seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+    )
+    try:
+        pipeline.evaluate(model, p, tmp_path / "eval", progress=False)
+    finally:
+        handle.remove()
+    assert seen and set(seen) == {dtype}
