@@ -86,11 +86,15 @@ def test_rollout_batches_depend_only_on_seed_and_step_and_split_whole_prompts_ov
 
 
 @pytest.mark.slow
-def test_one_grpo_step_moves_every_trainable_parameter(tmp_path, parity_reward, caplog):
+def test_one_grpo_step_moves_every_trainable_parameter(tmp_path, parity_reward, caplog, recwarn):
     p, model = build(TINY + [f"run.out_dir={tmp_path}", "grpo.max_steps=1"])
+    model.eval()  # as from_pretrained returns it
     before = {n: t.detach().clone() for n, t in model.named_parameters() if t.requires_grad}
-    with caplog.at_level("INFO", logger="atom.pipeline"):
+    with caplog.at_level("INFO"):
         model = pipeline.grpo(model, p)
+    # the policy is in train mode before Lightning's check; checkpoints are saved whole on purpose (no notice)
+    assert not [w for w in recwarn if "in eval mode" in str(w.message)]
+    assert not [r for r in caplog.records if "weights_only" in r.getMessage()]
     said = [r.getMessage() for r in caplog.records if "groups had mixed rewards" in r.getMessage()]
     assert len(said) == 1 and said[0].split(" groups")[0].endswith("of 2")  # 2 prompts per step: 2 groups
     after = dict(model.named_parameters())

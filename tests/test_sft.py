@@ -131,20 +131,21 @@ def _params(model) -> torch.Tensor:
 
 
 @pytest.mark.slow
-def test_sft_lowers_the_loss_and_a_resumed_run_matches_an_uninterrupted_one(tmp_path):
+def test_sft_lowers_the_loss_and_a_resumed_run_matches_an_uninterrupted_one(tmp_path, recwarn):
     def build(*overrides: str):
         p = pipeline.build(load_config(None, SFT_TINY + [f"run.out_dir={tmp_path}", *overrides]))
         return pipeline.load_policy(p), p
 
     model, p = build("run.name=a", "sft.epochs=2")
     start = _params(model)
-    straight = pipeline.sft(model, p)
+    straight = pipeline.sft(model.eval(), p)  # eval mode, as from_pretrained returns it
     pipeline.sft(*build("run.name=b", "sft.epochs=1"))
     model, p = build("run.name=b", "sft.epochs=2")
     assert torch.equal(_params(model), start)  # a fresh model: the weights must come from the checkpoint
     resumed = pipeline.sft(model, p)
     assert not torch.equal(_params(straight), start)
     assert torch.allclose(_params(resumed), _params(straight), atol=1e-6)
+    assert not [w for w in recwarn if "in eval mode" in str(w.message)]  # train mode before Lightning's check
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

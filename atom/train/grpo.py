@@ -203,8 +203,11 @@ class GRPOModule(L.LightningModule):
         """The trained policy, unsharded (under FSDP: on rank zero; a meta skeleton elsewhere). A collective."""
         return unshard(self.model, self.skeleton, self.global_rank) if self.skeleton is not None else self.model
 
+    def on_fit_start(self) -> None:
+        # from_pretrained returns eval mode, which Lightning preserves: train mode before its start-of-training check
+        self.model.train()  # the frozen reference (not a submodule) stays in eval mode
+
     def on_train_start(self) -> None:
-        self.model.train()  # from_pretrained returns eval mode; the frozen reference stays in eval mode
         if self.ref_model is not None and not is_fsdp(self.trainer.strategy):
             self.ref_model.to(self.device)
         self.refresh_generation_model()  # after a resumed checkpoint was loaded into the shards

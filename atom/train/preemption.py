@@ -92,7 +92,7 @@ def save_swapped(trainer: L.Trainer, path: Path) -> None:
     name swapped in afterwards, so a kill during the save keeps the previous one (as ``path.old`` for the instant
     of the swap; ``resume_checkpoint`` falls back to it). A collective: every rank calls it."""
     tmp = path.with_name(path.name + ".tmp")
-    trainer.save_checkpoint(tmp)
+    trainer.save_checkpoint(tmp, weights_only=False)  # the full state a resume needs: optimizer, loops, callbacks
     trainer.strategy.barrier("last_checkpoint")
     if trainer.is_global_zero:
         old = path.with_name(path.name + ".old")

@@ -181,8 +181,9 @@ class SFTModule(L.LightningModule):
         """The trained policy, unsharded (under FSDP: on rank zero; a meta skeleton elsewhere). A collective."""
         return unshard(self.model, self.skeleton, self.global_rank) if self.skeleton is not None else self.model
 
-    def on_train_start(self) -> None:
-        self.model.train()  # from_pretrained returns eval mode, which Lightning now preserves
+    def on_fit_start(self) -> None:
+        # from_pretrained returns eval mode, which Lightning preserves: train mode before its start-of-training check
+        self.model.train()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         # Whole sequences without a KV cache in training (activation checkpointing) and under FSDP (FSDP2 frees
