@@ -103,15 +103,45 @@ def test_answer_phase_reads_then_answers_each_question_in_turn():
     assert result.em == [1.0, 0.0] and result.reward == 0.5
 
 
-@pytest.mark.parametrize(("reward", "expected"), [("squad", 0.0), ("f1", 0.8), ("release", 0.0)])
-def test_agent_reward_picks_the_scorer_of_the_episode_reward(reward, expected):
-    ep = make_episode(1, answer_reads=0, reward=reward)
+@pytest.mark.parametrize(
+    ("reward", "answer", "expected"),
+    [("squad", "Marrow Creek town", 0.0), ("f1", "Marrow Creek town", 0.8), ("release", "Marrow Creek town", 0.0),
+     ("release", "marrow creek", 1.0)],
+)  # fmt: skip
+def test_agent_reward_picks_the_scorer_of_the_episode_reward(reward, answer, expected):
+    ep = make_episode(1, answer_reads=0, reward=reward, boxed_answers=True)
     ep.messages()
     ep.step("")
-    ep.step("<answer>Marrow Creek town</answer>")  # F1 = 2 * (2/3 * 1) / (2/3 + 1) = 0.8, EM 0
+    ep.step(f"<answer>\\boxed{{{answer}}}</answer>")  # "Marrow Creek town": F1 = 2 * (2/3 * 1) / (2/3 + 1) = 0.8
     result = ep.result()
-    assert result.em == [0.0] and result.f1 == [pytest.approx(0.8)]
+    assert result.em == [float(answer == "marrow creek")] and result.boxed
+    assert result.f1 == [pytest.approx(1.0 if answer == "marrow creek" else 0.8)]
     assert result.reward == pytest.approx(expected)
+
+
+def test_the_release_reward_without_boxed_answers_is_refused_with_the_fix():
+    # the release scorer reads \boxed{} only: an agent not asked for boxes would get reward 0 on every episode
+    with pytest.raises(ValueError, match=r"agent.boxed_answers=true or agent.protocol=release"):
+        AgentConfig(reward="release")
+    assert AgentConfig(reward="release", protocol="release").boxed
+
+
+def test_tables_print_no_release_em_for_answers_that_were_not_asked_boxed():
+    from atom.agent.rollout import Trajectory
+    from atom.eval.report import markdown_table, summarize
+
+    def row(**agent):
+        ep = make_episode(1, answer_reads=0, **agent)
+        ep.messages()
+        ep.step("")
+        ep.step("<answer>\\boxed{Marrow Creek}</answer>" if agent else "<answer>Marrow Creek</answer>")
+        return summarize([Trajectory(sample_id="s", turns=[], result=ep.result())], 0.0)
+
+    plain, boxed = row(), row(boxed_answers=True)
+    assert plain["em"] == boxed["em"] == 100.0
+    assert not plain["release_applies"] and boxed["release_applies"] and boxed["release_em"] == 100.0
+    lines = markdown_table({"plain": plain, "boxed": boxed}).splitlines()
+    assert lines[2].split("|")[4].strip() == "-" and lines[3].split("|")[4].strip() == "100.0"
 
 
 def test_question_without_an_answer_is_skipped_after_its_reads():

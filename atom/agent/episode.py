@@ -76,6 +76,11 @@ class AgentConfig:
             raise ValueError(f"agent.protocol must be one of {list(PROTOCOLS)}, got '{self.protocol}'")
         if self.reward not in REWARDS:
             raise ValueError(f"agent.reward must be one of {list(REWARDS)}, got '{self.reward}'")
+        if self.reward == "release" and not self.boxed:
+            raise ValueError(
+                "agent.reward=release scores \\boxed{} answers only, and this agent is not asked for them (every "
+                "reward would be 0): set agent.boxed_answers=true or agent.protocol=release, or use reward squad or f1"
+            )
         if self.memory_max_tokens < 0:
             raise ValueError(f"agent.memory_max_tokens must be >= 0 (0 = no cap), got {self.memory_max_tokens}")
         for name in (
@@ -133,6 +138,7 @@ class EpisodeResult:
     facts_retrieved: float | None  # share shown among the memories when each question was answered
     release_em: list[float] = field(default_factory=list)  # release scorer per question (own golds)
     release_score: float = 0.0  # release scorer of the sample: mean of release_em, or the pooled double count
+    boxed: bool = False  # answers were asked for in \boxed{}; without it the release scorer is 0 by construction
 
 
 @dataclass
@@ -224,6 +230,7 @@ def episode_result(
         sample_id=sample.id, predictions=list(predictions), em=squad.em, f1=squad.f1,
         reward={"squad": squad.reward, "f1": squad.mean_f1, "release": release}[cfg.reward], stats=stats,
         facts_stored=coverage[0], facts_retrieved=coverage[1], release_em=release_em, release_score=release,
+        boxed=cfg.boxed,
     )  # fmt: skip
 
 

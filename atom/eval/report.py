@@ -20,7 +20,8 @@ def summarize(trajectories: Sequence[Trajectory], wall_s: float) -> dict:
 
     Scorers: ``em``/``f1`` are SQuAD EM/F1, means over questions; ``release_em`` is the release's scorer (boxed
     answer, ``strip_string``), mean over samples as the release averaged (with ``agent.release_double_count``
-    its pooled double count, which can pass 100). All in percent.
+    its pooled double count, which can pass 100). All in percent. ``release_applies``: the answers were asked for
+    boxed; otherwise ``release_em`` is 0 by construction and tables print "-".
     """
     results = [t.result for t in trajectories]
     em = [x for r in results for x in r.em]
@@ -34,6 +35,7 @@ def summarize(trajectories: Sequence[Trajectory], wall_s: float) -> dict:
         "em": 100 * _mean(em),
         "f1": 100 * _mean(f1),
         "release_em": 100 * _mean([r.release_score for r in results]),
+        "release_applies": any(r.boxed for r in results),
         "reward": _mean([r.reward for r in results]),
         "ops_per_episode": {k: _mean([s.ops[k] for s in stats]) for k in kinds},
         "ops_per_turn": {k: sum(s.ops[k] for s in stats) / calls if calls else 0.0 for k in kinds},
@@ -58,8 +60,9 @@ def summarize(trajectories: Sequence[Trajectory], wall_s: float) -> dict:
 def markdown_table(rows: dict[str, dict]) -> str:
     """One row per method, the columns of the paper's comparison plus the cost of each method.
 
-    EM and F1 are SQuAD's (question mean); "release EM" is the release's scorer (sample mean); operations are
-    per episode, with per LLM call in brackets.
+    EM and F1 are SQuAD's (question mean); "release EM" is the release's scorer (sample mean; "-" when the answers
+    were not asked boxed, where it is 0 by construction); operations are per episode, with per LLM call in
+    brackets.
     """
     head = (
         "| method | EM (SQuAD) | F1 (SQuAD) | release EM | create | read | update | delete | invalid | store "
@@ -76,7 +79,7 @@ def markdown_table(rows: dict[str, dict]) -> str:
         lines.append(
             f"| {name} | {r['em']:.1f} | {r['f1']:.1f} |"
             + (f" {pct(r.get('judge'))} ({r.get('judge_failed', 0)}) |" if judged else "")
-            + f" {r.get('release_em', 0):.1f} | {op('create')} "
+            + f" {pct(r.get('release_em', 0) if r.get('release_applies', True) else None)} | {op('create')} "
             f"| {op('read')} | {op('update')} | {op('delete')} | {r['invalid_per_episode']:.1f} "
             f"| {r['mean_store_size']:.1f} | {r['llm_calls_per_episode']:.1f} "
             f"| {r['prompt_tokens_per_episode']:.0f}/{r['completion_tokens_per_episode']:.0f} "
