@@ -3,8 +3,7 @@
 Lightning's launcher starts rank 1 by re-running this same command, so both ranks install the same recorders.
 Runs SFT, then GRPO three times from the post-SFT policy: one rollout step into run ``b``, the same run resumed
 to two steps (a new stage, reading only ``b``'s checkpoint: a killed run restarted), and two uninterrupted steps
-into run ``a`` (skipped with ``--no-resume-check``). Rank zero saves each stage's returned (unsharded) weights;
-every rank saves what it saw.
+into run ``a``. Rank zero saves each stage's returned (unsharded) weights; every rank saves what it saw.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from atom.train.sharding import meta_copy
 Trajectory.reward = property(lambda self: float(int(self.turns[0].reply.completion_ids.sum()) % 2))
 
 
-def main(out: Path, overrides: list[str], resume_check: bool = True) -> None:
+def main(out: Path, overrides: list[str]) -> None:
     cfg = load_config(None, [*overrides, f"run.out_dir={out}"])
     p = pipeline.build(cfg)
     seen: dict[str, list] = {"sft_loss": [], "trajectories": [], "grpo_metrics": []}
@@ -74,12 +73,10 @@ def main(out: Path, overrides: list[str], resume_check: bool = True) -> None:
 
     save("grpo_b1", grpo("b", 1))
     first_step = {"trajectories": seen["trajectories"][:1], "grpo_metrics": seen["grpo_metrics"][:1]}
-    if resume_check:
-        save("grpo_b2", grpo("b", 2))
-        save("grpo_a2", grpo("a", 2))
+    save("grpo_b2", grpo("b", 2))
+    save("grpo_a2", grpo("a", 2))
     torch.save({"sft_loss": seen["sft_loss"], **first_step}, out / f"seen_rank{p.rank}.pt")
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[2:] if a != "--no-resume-check"]
-    main(Path(sys.argv[1]), args, resume_check="--no-resume-check" not in sys.argv)
+    main(Path(sys.argv[1]), sys.argv[2:])

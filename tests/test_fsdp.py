@@ -57,10 +57,9 @@ def fsdp_run(request, tmp_path_factory):
     """The two-process FSDP run of one setting: its directory and overrides."""
     out = tmp_path_factory.mktemp(f"fsdp_{request.param}")
     overrides = FSDP_TINY + [f"sft.demos={_demos(out / 'demos.jsonl')}"] + (LORA if request.param == "lora" else [])
-    flags = ["--no-resume-check"] if request.param == "lora" else []
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "fsdp_worker.py"), str(out), *overrides,
-         "trainer.strategy=fsdp", "trainer.devices=2", *flags],
+         "trainer.strategy=fsdp", "trainer.devices=2"],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -178,16 +177,12 @@ def test_fsdp_checkpoints_hold_policy_and_optimizer_only(fsdp_run):
         expected = nbytes(start.values()) + 2 * nbytes(unique)  # policy + AdamW's two moments
         print(f"{fsdp_run.kind} {stage} checkpoint: {size} bytes, policy + optimizer {expected} bytes")
         assert 0.97 * expected <= size <= 1.1 * expected, (stage, size, expected)
-    for run in (
-        ("a", "b") if fsdp_run.kind == "full" else ()
-    ):  # a periodic checkpoint after each of 2 rollout steps, trainer.keep_checkpoints=1
+    for run in ("a", "b"):  # a periodic checkpoint after each of 2 rollout steps, trainer.keep_checkpoints=1
         periodic = [c.name for c in (fsdp_run.out / run / "checkpoints" / "grpo").glob("grpo-*")]
         assert periodic == ["grpo-epoch=1-step=2.ckpt"], periodic
 
 
 def test_killed_and_resumed_fsdp_run_equals_an_uninterrupted_one(fsdp_run):
-    if fsdp_run.kind == "lora":
-        pytest.skip("the resume check runs once, with full fine-tuning (the LoRA worker skips it to save time)")
     one, resumed, straight = (_load(fsdp_run.out / f"grpo_{n}.pt") for n in ("b1", "b2", "a2"))
     _assert_same(resumed, straight, atol=1e-6)
     assert any(not torch.equal(one[k], resumed[k]) for k in one)  # the resumed stage really trained step two
