@@ -85,8 +85,12 @@ class Pieces:
     @property
     def autocast(self) -> torch.dtype | None:
         """The dtype that generation outside a Lightning stage (evaluation, collection) autocasts to: that of
-        ``trainer.precision`` bf16-mixed or 16-mixed, so it decodes with the numerics training used; else None."""
-        return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(self.cfg.trainer.precision)
+        ``trainer.precision`` bf16-mixed or 16-mixed, so it decodes with the numerics training used; else None.
+        Lightning runs 16-mixed as bf16-mixed on CPU (float16 autocast is CUDA's), and so does this."""
+        precision = self.cfg.trainer.precision
+        if precision == "16-mixed":
+            return torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        return torch.bfloat16 if precision == "bf16-mixed" else None
 
     def engine(self, policy) -> RolloutEngine:
         return RolloutEngine(

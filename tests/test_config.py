@@ -87,3 +87,15 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_to_use_float32(tmp_path, monkey
     with caplog.at_level("WARNING", logger="atom.train.trainer"):
         trainer_mod.build_trainer(cfg, tmp_path, "sft", every_n_epochs=1)
     assert not any("emulated" in r.getMessage() for r in caplog.records)
+
+
+def test_native_bf16_is_read_from_the_cpu_flags_not_from_avx512_alone(tmp_path):
+    from atom.train.trainer import cpu_has_native_bf16
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512vl\n")
+    assert not cpu_has_native_bf16(cpuinfo)  # Skylake/Cascade Lake: AVX512 but bfloat16 emulated
+    for flag in ("avx512_bf16", "amx_bf16"):
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: fpu avx512f {flag}\n")
+        assert cpu_has_native_bf16(cpuinfo)
+    assert isinstance(cpu_has_native_bf16(tmp_path / "absent"), bool)  # not Linux: oneDNN's own check

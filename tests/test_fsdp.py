@@ -208,5 +208,6 @@ def test_fit_command_under_fsdp_on_two_processes(tmp_path):
     events = EventAccumulator(str(run / "tb" / "grpo")).Reload()
     tags = set(events.Tags()["scalars"])
     assert {"grpo/reward", "grpo/kl", "val/em", "time/rollout"} <= tags
+    assert "val/release_em" not in tags  # unboxed answers: the release scorer is 0 by construction, not logged
     assert len(events.Scalars("grpo/optimizer_steps")) == 1 and len(events.Scalars("val/em")) == 1
     assert (run / "checkpoints" / "grpo" / "last.ckpt" / "meta.pt").is_file()

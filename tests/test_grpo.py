@@ -289,9 +289,12 @@ def test_a_shared_prefix_runs_once_and_gives_the_plain_forwards_logprobs_and_gra
     torch.testing.assert_close(shared_grad, plain_grad, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("precision, dtype", [("bf16-mixed", torch.bfloat16), ("32-true", None)])
+@pytest.mark.parametrize(
+    "precision, dtype", [("bf16-mixed", torch.bfloat16), ("16-mixed", torch.bfloat16), ("32-true", None)]
+)
 def test_evaluation_generates_with_the_numerics_training_used(tiny_pipeline, tmp_path, precision, dtype):
-    """atom.fit's evaluations run outside Lightning: under bf16-mixed they autocast as the training step did."""
+    """atom.fit's evaluations run outside Lightning: under bf16-mixed they autocast as the training step did, and
+    on CPU 16-mixed too is bfloat16 (Lightning runs 16-mixed as bf16-mixed there)."""
     p, model = tiny_pipeline(f"trainer.precision={precision}", "eval.max_samples=1", "eval.methods=[atommem]")
     seen: list = []
     handle = model.register_forward_pre_hook(

@@ -96,7 +96,8 @@ def find_results(run_dir: str | Path) -> list[Result]:
             continue  # the run-level table of atom.fit repeats the eval/<tag> rows
         cfg = _config_above(path.parent, root)
         d, agent = cfg.get("data", {}), cfg.get("agent", {})
-        scorer = "boxed-answer EM" if agent.get("boxed_answers") else "EM after SQuAD normalisation"
+        boxed = agent.get("boxed_answers") or agent.get("protocol") == "release"  # AgentConfig.boxed
+        scorer = "boxed-answer EM" if boxed else "EM after SQuAD normalisation"
         for method, summary in data["methods"].items():
             out.append(Result(
                 run=root.name, method=method, stage=_stage(path, root, cfg), variant=variant_of(agent),

@@ -435,12 +435,15 @@ class GRPOModule(L.LightningModule):
     def validation_step(self, batch: list[LongContextSample], batch_idx: int) -> None:
         """Greedy episodes on this rank's share of the validation samples; logs EM/F1 over all ranks' samples."""
         trajectories, _ = self.rollout(batch, dataclasses.replace(self.sampling, temperature=0.0), 1)
-        keys = ("em", "f1", "release_em")
+        keys = ("em", "f1", "release_em", "release_applies")
         summary = summarize(trajectories, 0.0) if trajectories else dict.fromkeys(keys, 0.0)
         n = len(trajectories)
-        totals = torch.tensor([*(summary[k] * n for k in keys), n], dtype=torch.float64, device=self.device)
+        totals = torch.tensor([*(float(summary[k]) * n for k in keys), n], dtype=torch.float64, device=self.device)
         *sums, count = self.trainer.strategy.reduce(totals, reduce_op="sum").tolist()
-        self.log_dict({f"val/{k}": v / max(count, 1) for k, v in zip(keys, sums)}, batch_size=1)
+        logged = {f"val/{k}": v / max(count, 1) for k, v in zip(keys[:3], sums)}
+        if not sums[3]:  # answers not asked boxed: the release scorer is 0 by construction
+            del logged["val/release_em"]
+        self.log_dict(logged, batch_size=1)
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]

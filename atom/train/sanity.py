@@ -112,7 +112,7 @@ class FactEpisode:
         reward = 1.0 - s if self.flip else s
         return EpisodeResult(
             sample_id=self.sample.id, predictions=[self.prediction], em=[s], f1=[s], reward=reward,
-            stats=self.stats, facts_stored=None, facts_retrieved=None, release_em=[s], release_score=s,
+            stats=self.stats, facts_stored=None, facts_retrieved=None,
         )  # fmt: skip
 
 

@@ -33,7 +33,7 @@ class TrainerConfig:
     num_nodes: int = 1  # machines
     strategy: str = "auto"  # auto (one device) | ddp | fsdp (FSDP2) | fsdp_grad_op (FSDP2, no reshard after forward)
     # bf16-mixed (float32 weights, bf16 autocast; evaluation generates under it too) is also the fast CPU path on AMX
-    precision: str = "32-true"  # Lightning precision: 32-true | bf16-mixed | bf16-true | 16-mixed | 16-true
+    precision: str = "32-true"  # Lightning precision: 32-true | bf16-mixed | bf16-true | 16-mixed | 16-true | 64-true
     log_every: int = 1  # optimizer steps between logged scalars
     resume: bool = True  # continue a stage from <run>/checkpoints/<stage>/last.ckpt when it exists
     keep_checkpoints: int = 2  # periodic checkpoints kept besides last.ckpt (the newest); 0 = last.ckpt only
@@ -101,8 +101,16 @@ class LastCheckpoint(Checkpoint):
             self.save(trainer)
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU runs bfloat16 matmuls natively (AVX512-BF16 or AMX, through oneDNN)."""
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU runs bfloat16 matmuls natively: the avx512_bf16 or amx_bf16 flag in ``cpuinfo`` (oneDNN's
+    own check, ``torch.ops.mkldnn._is_mkldnn_bf16_supported``, already says yes from AVX512-core, which emulates
+    bfloat16). Where ``cpuinfo`` cannot be read (not Linux), oneDNN's check."""
+    try:
+        flags = next((ln for ln in cpuinfo.read_text().splitlines() if ln.startswith("flags")), None)
+    except OSError:
+        flags = None
+    if flags is not None:
+        return bool({"avx512_bf16", "amx_bf16"} & set(flags.split(":", 1)[-1].split()))
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     try:
         return bool(check()) if check is not None else False
@@ -111,9 +119,11 @@ def cpu_has_native_bf16() -> bool:
 
 
 def warn_if_bf16_is_emulated(cfg: TrainerConfig) -> None:
-    """bf16 precision on a CPU without native bfloat16 matmuls runs slower than float32: say so, once per stage."""
+    """bf16 precision on a CPU without native bfloat16 matmuls runs slower than float32: say so, once per stage.
+    (Lightning runs 16-mixed as bf16-mixed on CPU.)"""
     on_cpu = cfg.accelerator == "cpu" or (cfg.accelerator == "auto" and not torch.cuda.is_available())
-    if on_cpu and cfg.precision.startswith("bf16") and not cpu_has_native_bf16():
+    bf16 = cfg.precision.startswith("bf16") or cfg.precision == "16-mixed"
+    if on_cpu and bf16 and not cpu_has_native_bf16():
         log.warning(
             "trainer.precision=%s on a CPU without AVX512-BF16/AMX: bfloat16 is emulated there and slower than "
             "float32; set trainer.precision=32-true",
