@@ -42,15 +42,7 @@ from atom.agent.hf_policy import HFPolicy, SamplingConfig, encode_prompt  # noqa
 from atom.agent.oracle import OraclePolicy  # noqa: E402
 from atom.config import load_config  # noqa: E402
 from atom.train.batches import TurnSequence, micro_batches, pad_batch, shared_prefix, token_logprobs  # noqa: E402
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return sorted(f for f in line.split() if f.startswith(("amx", "avx512_bf16", "avx512f")))
+from atom.train.trainer import cpu_flags  # noqa: E402
 
 
 def autocast(bf16: bool):
@@ -178,7 +170,7 @@ def main() -> None:
         "config": args.config,
         "overrides": args.overrides,
         "threads": torch.get_num_threads(),
-        "cpu_flags": cpu_flags(),
+        "cpu_flags": sorted(f for f in cpu_flags() or () if f.startswith(("amx", "avx512_bf16", "avx512f"))),
         "prompts": len(gen_prompts),
         "mean_prompt_tokens": mean([len(x) for x in gen_prompts]),
         "new_tokens": args.new_tokens,

@@ -101,16 +101,22 @@ class LastCheckpoint(Checkpoint):
             self.save(trainer)
 
 
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
+    """The CPU's feature flags from ``cpuinfo`` (Linux), or None where it cannot be read."""
+    try:
+        line = next((ln for ln in cpuinfo.read_text().splitlines() if ln.startswith("flags")), None)
+    except OSError:
+        return None
+    return set(line.split(":", 1)[-1].split()) if line is not None else None
+
+
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether this CPU runs bfloat16 matmuls natively: the avx512_bf16 or amx_bf16 flag in ``cpuinfo`` (oneDNN's
     own check, ``torch.ops.mkldnn._is_mkldnn_bf16_supported``, already says yes from AVX512-core, which emulates
     bfloat16). Where ``cpuinfo`` cannot be read (not Linux), oneDNN's check."""
-    try:
-        flags = next((ln for ln in cpuinfo.read_text().splitlines() if ln.startswith("flags")), None)
-    except OSError:
-        flags = None
+    flags = cpu_flags(cpuinfo)
     if flags is not None:
-        return bool({"avx512_bf16", "amx_bf16"} & set(flags.split(":", 1)[-1].split()))
+        return bool({"avx512_bf16", "amx_bf16"} & flags)
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     try:
         return bool(check()) if check is not None else False
