@@ -20,7 +20,6 @@ import copy
 import dataclasses
 import gc
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,23 +38,21 @@ from atom.memory.embedder import Embedder, build_embedder
 from atom.train.grpo import GRPOModule
 from atom.train.models import context_window, load_model, load_tokenizer, restart_lora
 from atom.train.sft import DemoDataModule, SFTModule, demos_from_trajectories, read_demos
-from atom.train.trainer import TrainerConfig, build_trainer, resume_path
+from atom.train.trainer import TrainerConfig, build_trainer, detect_launch, resume_path
 
 log = logging.getLogger(__name__)
 
 
 def process_rank(trainer: TrainerConfig) -> int:
-    """This process's global rank, known before the Trainer exists (from the launcher's environment)."""
-    if "RANK" in os.environ:  # torchrun, or Lightning's launcher once the process group is up
-        return int(os.environ["RANK"])
-    return int(os.environ.get("NODE_RANK", 0)) * trainer.devices + int(os.environ.get("LOCAL_RANK", 0))
+    """This process's global rank, known before the Trainer exists (Lightning's launcher, torchrun or SLURM)."""
+    return detect_launch(trainer).rank
 
 
 def device_for(trainer: TrainerConfig) -> torch.device:
     """Where this process computes outside Lightning (evaluation, collection, the embedder): its local GPU when
     the trainer may use GPUs and CUDA exists, else the CPU."""
     if trainer.accelerator != "cpu" and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda", detect_launch(trainer).local_rank)
     return torch.device("cpu")
 
 

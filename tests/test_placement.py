@@ -8,7 +8,7 @@ import torch
 
 from atom import pipeline
 from atom.config import load_config
-from atom.train.trainer import TrainerConfig
+from atom.train.trainer import Launch, TrainerConfig, detect_launch
 
 
 def test_each_rank_computes_on_its_own_gpu_when_cuda_exists(monkeypatch):
@@ -52,3 +52,46 @@ def test_process_rank_comes_from_the_launcher_environment(monkeypatch):
     assert pipeline.process_rank(TrainerConfig(devices=4)) == 9
     monkeypatch.setenv("RANK", "5")
     assert pipeline.process_rank(TrainerConfig(devices=4)) == 5
+
+
+LAUNCH_VARS = ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_PROCID",
+               "SLURM_LOCALID", "SLURM_JOB_NAME")  # fmt: skip
+
+
+def test_srun_tasks_take_their_rank_and_gpu_from_slurm(monkeypatch):
+    # srun --ntasks-per-node=8 on 2 nodes: task 11 is the fourth GPU of the second node, not rank 0 on cuda:0
+    for name in LAUNCH_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cfg = TrainerConfig(devices=8, num_nodes=2)
+    for name, value in (("SLURM_NTASKS", "16"), ("SLURM_PROCID", "11"), ("SLURM_LOCALID", "3"),
+                        ("SLURM_JOB_NAME", "grpo")):  # fmt: skip
+        monkeypatch.setenv(name, value)
+    assert detect_launch(cfg) == Launch("slurm", 11, 3, 16)
+    assert pipeline.process_rank(cfg) == 11 and pipeline.device_for(cfg) == torch.device("cuda", 3)
+    # A shell on an allocation (job name bash): Lightning launches the ranks itself, as without SLURM
+    monkeypatch.setenv("SLURM_JOB_NAME", "bash")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert detect_launch(cfg) == Launch("lightning", 2, 2, 16)
+
+
+def test_torchrun_ranks_come_from_its_variables(monkeypatch):
+    for name in LAUNCH_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cfg = TrainerConfig(devices=8, num_nodes=2)
+    for name, value in (("TORCHELASTIC_RUN_ID", "x"), ("RANK", "13"), ("LOCAL_RANK", "5"), ("WORLD_SIZE", "16")):
+        monkeypatch.setenv(name, value)
+    assert detect_launch(cfg) == Launch("torchrun", 13, 5, 16)
+    assert pipeline.process_rank(cfg) == 13 and pipeline.device_for(cfg) == torch.device("cuda", 5)
+
+
+def test_the_process_group_timeout_reaches_the_strategy():
+    from datetime import timedelta
+
+    from atom.train.trainer import _strategy
+
+    for strategy in ("fsdp", "fsdp_grad_op", "ddp"):
+        built = _strategy(TrainerConfig(strategy=strategy, devices=2, pg_timeout_s=7200))
+        assert built._timeout == timedelta(seconds=7200), strategy
+    assert _strategy(TrainerConfig(strategy="ddp"))._timeout == timedelta(seconds=1800)  # Lightning's default

@@ -23,8 +23,9 @@ class FSDP2Strategy(ModelParallelStrategy):
     """Lightning's ModelParallelStrategy as pure data-parallel FSDP2 (tensor-parallel size 1), which also knows
     how atom shards a policy. Checkpoints are distributed (a directory of per-rank shards)."""
 
-    def __init__(self, reshard_after_forward: bool = True, data_parallel_size: int = 1):
-        super().__init__(data_parallel_size=data_parallel_size, tensor_parallel_size=1)
+    def __init__(self, reshard_after_forward: bool = True, data_parallel_size: int = 1, timeout=None):
+        kwargs = {"timeout": timeout} if timeout is not None else {}  # process-group timeout (a timedelta)
+        super().__init__(data_parallel_size=data_parallel_size, tensor_parallel_size=1, **kwargs)
         self.reshard_after_forward = reshard_after_forward  # False = SHARD_GRAD_OP: keep gathered until backward
 
     @property

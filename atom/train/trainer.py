@@ -10,7 +10,10 @@ shards (torch.distributed.checkpoint) plus ``meta.pt``, otherwise one file.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
@@ -38,6 +41,7 @@ class TrainerConfig:
     resume: bool = True  # continue a stage from <run>/checkpoints/<stage>/last.ckpt when it exists
     keep_checkpoints: int = 2  # periodic checkpoints kept besides last.ckpt (the newest); 0 = last.ckpt only
     resume_intact: bool = False  # if last.ckpt is damaged, resume from the newest intact periodic one (else stop)
+    pg_timeout_s: int = 1800  # seconds a rank waits at a collective (ranks roll out independently) before failing
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -48,6 +52,40 @@ class TrainerConfig:
             raise ValueError("trainer.devices and trainer.num_nodes must be > 0")
         if self.keep_checkpoints < 0:
             raise ValueError(f"trainer.keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
+        if self.pg_timeout_s <= 0:
+            raise ValueError(f"trainer.pg_timeout_s must be > 0, got {self.pg_timeout_s}")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where this process sits in the job, known before the Trainer (or a process group) exists."""
+
+    launcher: str  # slurm (srun started every task) | torchrun | lightning (Lightning spawns the local ranks)
+    rank: int  # global rank
+    local_rank: int  # rank on this node: the CUDA device index
+    world_size: int  # processes in the job
+
+
+def detect_launch(cfg: TrainerConfig, env: Mapping[str, str] | None = None) -> Launch:
+    """This process's rank, local rank and world size from the launcher's environment, read as Lightning reads it.
+
+    - SLURM (``srun``, one task per GPU): ``SLURM_PROCID`` / ``SLURM_LOCALID`` / ``SLURM_NTASKS``, unless the job is
+      named ``bash`` or ``interactive`` (Lightning's rule for a shell on an allocation: then it launches itself).
+    - torchrun (``TORCHELASTIC_RUN_ID`` or ``RANK`` set): ``RANK`` / ``LOCAL_RANK`` / ``WORLD_SIZE``.
+    - Lightning's own launcher: it re-runs the command once per extra local rank with ``LOCAL_RANK`` (and
+      ``NODE_RANK`` on other nodes) set, never ``RANK``: rank = node_rank x devices + local_rank.
+    """
+    env = os.environ if env is None else env
+    planned = cfg.devices * cfg.num_nodes
+    if "SLURM_NTASKS" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        local = int(env.get("SLURM_LOCALID", 0))
+        return Launch("slurm", int(env.get("SLURM_PROCID", 0)), local, int(env["SLURM_NTASKS"]))
+    if "TORCHELASTIC_RUN_ID" in env or "RANK" in env:
+        return Launch(
+            "torchrun", int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", planned))
+        )
+    local = int(env.get("LOCAL_RANK", 0))
+    return Launch("lightning", int(env.get("NODE_RANK", 0)) * cfg.devices + local, local, planned)
 
 
 def _strategy(cfg: TrainerConfig):
@@ -58,12 +96,14 @@ def _strategy(cfg: TrainerConfig):
         from atom.train.sharding import FSDP2Strategy
 
         return FSDP2Strategy(
-            reshard_after_forward=cfg.strategy == "fsdp", data_parallel_size=cfg.devices * cfg.num_nodes
+            reshard_after_forward=cfg.strategy == "fsdp",
+            data_parallel_size=cfg.devices * cfg.num_nodes,
+            timeout=timedelta(seconds=cfg.pg_timeout_s),
         )
     if cfg.strategy == "ddp":
         from lightning.pytorch.strategies import DDPStrategy
 
-        return DDPStrategy(find_unused_parameters=False)
+        return DDPStrategy(find_unused_parameters=False, timeout=timedelta(seconds=cfg.pg_timeout_s))
     return "auto"
 
 
