@@ -189,7 +189,10 @@ def vllm_engine_factory(p: Pieces, model):
         except ValueError:  # a hub id: vLLM loads it by name (the trained weights are streamed in anyway)
             source = p.cfg.model.name_or_path
         limit, seed = p.max_prompt_tokens(model), p.cfg.run.seed + p.rank
-        return build_vllm_policy(source, p.tokenizer, p.cfg.sampling, p.cfg.grpo.vllm, limit, seed=seed)
+        return build_vllm_policy(
+            source, p.tokenizer, p.cfg.sampling, p.cfg.grpo.vllm, limit, seed=seed,
+            local_rank=detect_launch(p.cfg.trainer).local_rank, context_tokens=p.cfg.model.max_context_tokens,
+        )  # fmt: skip
 
     return make
 

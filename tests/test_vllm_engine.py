@@ -194,3 +194,47 @@ def test_grpo_with_the_engine_takes_pi_old_from_the_trainer_and_logs_the_gap(tmp
     assert 0 <= gap < 1e-3  # same weights: the raw engine log-probs match the trainer's at T = 1
     # pi_old relabelled by the trainer at T = 0.7 (the engine's raw T = 1 log-probs would give a ratio far from 1)
     assert abs(events.Scalars("grpo/ratio_mean")[0].value - 1) < 1e-3
+
+
+class RecordingVLLM:
+    """A stand-in for the ``vllm`` module: ``LLM(**kwargs)`` records its arguments and reads the torchrun variables
+    as vLLM's external launcher does (``int(os.environ["RANK"])``: a KeyError when they are missing)."""
+
+    SamplingParams = SimpleNamespace
+
+    def __init__(self):
+        self.built: list[dict] = []
+
+    def LLM(self, **kwargs):  # noqa: N802 - vllm's class name
+        import os
+
+        env = {k: int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+        self.built.append({"env": env, **kwargs})
+        return FakeLLM(torch.nn.Linear(1, 1), 0)
+
+
+def test_under_a_process_group_the_engine_gets_the_trainers_rank_whatever_the_launcher_set(monkeypatch, tokenizer):
+    import sys
+
+    from atom.agent.vllm_engine import VLLMConfig, build_vllm_policy
+
+    fake = RecordingVLLM()
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):  # Lightning's launcher sets LOCAL_RANK and WORLD_SIZE, not RANK
+        monkeypatch.setenv(key, "0")
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    # rank 11 of 16 (second node, fourth GPU), process group up as Lightning leaves it at the first rollout
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: 11)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 16)
+    sampling = SamplingConfig()
+    build_vllm_policy("dir", tokenizer, sampling, VLLMConfig(), 100, local_rank=3, context_tokens=4096)
+    assert fake.built[-1]["env"] == {"RANK": 11, "LOCAL_RANK": 3, "WORLD_SIZE": 16}
+    monkeypatch.setenv("RANK", "0")  # a stale RANK (an outer launcher's task id) is replaced too
+    build_vllm_policy("dir", tokenizer, sampling, VLLMConfig(max_model_len=2048), 100, local_rank=3)
+    assert fake.built[-1]["env"]["RANK"] == 11
+    # the documented context: grpo.vllm.max_model_len, else model.max_context_tokens, else the model's own
+    assert fake.built[0]["max_model_len"] == 4096 and fake.built[1]["max_model_len"] == 2048
+    build_vllm_policy("dir", tokenizer, sampling, VLLMConfig(), 100)
+    assert "max_model_len" not in fake.built[-1]

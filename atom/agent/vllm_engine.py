@@ -198,24 +198,47 @@ class VLLMPolicy:
                      torch.tensor(logprobs, dtype=torch.float))  # fmt: skip
 
 
+def launcher_env(local_rank: int) -> dict[str, str]:
+    """The torchrun variables vLLM's external launcher reads (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``): those of
+    the live process group when training runs one (Lightning's launcher never sets ``RANK``, SLURM names ranks
+    otherwise), else a one-process group on this machine."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return {"RANK": str(dist.get_rank()), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(dist.get_world_size())}
+    return {"RANK": "0", "LOCAL_RANK": str(local_rank), "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": "29513"}  # fmt: skip
+
+
 def build_vllm_policy(
-    model_dir: str, tokenizer, sampling: SamplingConfig, cfg: VLLMConfig, max_prompt_tokens: int, seed: int = 0
+    model_dir: str,
+    tokenizer,
+    sampling: SamplingConfig,
+    cfg: VLLMConfig,
+    max_prompt_tokens: int,
+    seed: int = 0,
+    local_rank: int = 0,
+    context_tokens: int = 0,
 ) -> VLLMPolicy:
-    """A colocated engine on this rank's GPU for the transformers-layout weights in ``model_dir``."""
+    """A colocated engine on this rank's GPU (``local_rank``) for the transformers-layout weights in ``model_dir``.
+    Its context is ``cfg.max_model_len``, else ``context_tokens`` (``model.max_context_tokens``), else the
+    model's own."""
     import os
 
     import vllm
 
-    if not torch.distributed.is_initialized():  # the external launcher reads the torchrun variables
-        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
-                           ("MASTER_PORT", "29513")):  # fmt: skip
+    env = launcher_env(local_rank)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        os.environ.update(env)  # this process's place in the group that trains, whatever the launcher set
+    else:
+        for key, value in env.items():
             os.environ.setdefault(key, value)
     kwargs = dict(
         model=model_dir, tokenizer=model_dir, tensor_parallel_size=1, distributed_executor_backend="external_launcher",
         gpu_memory_utilization=cfg.gpu_memory_utilization, dtype=cfg.dtype, enable_sleep_mode=cfg.sleep_level > 0,
         enforce_eager=cfg.enforce_eager, max_num_seqs=cfg.max_num_seqs, seed=seed, enable_prefix_caching=True,
     )  # fmt: skip
-    if cfg.max_model_len:
-        kwargs["max_model_len"] = cfg.max_model_len
+    if cfg.max_model_len or context_tokens:
+        kwargs["max_model_len"] = cfg.max_model_len or context_tokens
     llm = vllm.LLM(**kwargs)
     return VLLMPolicy(llm, tokenizer, sampling, max_prompt_tokens, cfg.sleep_level)
