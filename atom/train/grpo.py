@@ -191,8 +191,9 @@ class GRPOModule(L.LightningModule):
             self._hold("ref_model", ref.requires_grad_(False).eval())
         strategy.shard(self.model, source)
         del source
-        gen = materialize(self.skeleton, strategy.root_device, strategy.compute_dtype)
-        self._hold("generation_model", gen.requires_grad_(False).eval())
+        if self.make_rollout_engine is None:  # a vLLM engine generates from its own copy of the weights
+            gen = materialize(self.skeleton, strategy.root_device, strategy.compute_dtype)
+            self._hold("generation_model", gen.requires_grad_(False).eval())
 
     def refresh_generation_model(self) -> None:
         """FSDP: stream the policy's current weights into the generation copy (a collective)."""
@@ -297,13 +298,14 @@ class GRPOModule(L.LightningModule):
         temperature; return the mean per-token |engine - trainer| gap at T = 1 (``grpo/logp_diff``)."""
         mb, t = self.cfg.micro_batch_size, self.sampling.temperature
         micros = [seqs[i : i + mb] for i in range(0, len(seqs), mb)]
-        # Sharded forwards are collectives: every rank runs as many (extra ones on a repeated micro-batch).
+        # Sharded forwards are collectives: every rank runs as many, extra ones on a repeated micro-batch, or on a
+        # two-token stand-in where a rank has no sequence (all its groups dropped), their results discarded.
         n = int(self.trainer.strategy.reduce(torch.tensor(float(len(micros)), device=self.device), reduce_op="max"))
+        eos = self.tokenizer.eos_token_id
+        stand_in = [TurnSequence(torch.tensor([eos, eos]), torch.tensor([False, True]), torch.zeros(1))]
         gap, count = 0.0, 0
         for k in range(n):
-            micro = micros[min(k, len(micros) - 1)] if micros else []
-            if not micro:
-                continue
+            micro = micros[min(k, len(micros) - 1)] if micros else stand_in
             prefix = self._prefix(micro)
             b = {key: v.to(self.device) for key, v in pad_batch(micro, self.tokenizer.pad_token_id, prefix).items()}
             raw, _ = token_logprobs(self.model, b, 1.0)

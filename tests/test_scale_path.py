@@ -1,0 +1,67 @@
+"""What a GPU node would hit and two gloo processes cannot show, checked on the CPU with fakes: collectives a
+rank with nothing to do must still join, copies a vLLM run must not build, and stage state freed after a stage."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from atom.agent.hf_policy import SamplingConfig
+from atom.train.batches import TurnSequence
+from atom.train.grpo import GRPOConfig, GRPOModule
+from atom.train.models import ModelConfig, _tiny_model, load_tokenizer
+from atom.train.sharding import FSDP2Strategy
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(ModelConfig(name_or_path="tiny"))
+
+
+class UnshardedFSDP(FSDP2Strategy):
+    """atom's FSDP2 strategy with sharding left out: what ``configure_model`` builds around the policy."""
+
+    root_device = torch.device("cpu")
+    compute_dtype = None
+
+    def shard(self, model, source):
+        return model
+
+
+def _module(tokenizer, strategy, **kwargs) -> GRPOModule:
+    module = GRPOModule(_tiny_model(len(tokenizer), seed=0), tokenizer, GRPOConfig(micro_batch_size=2),
+                        SamplingConfig(temperature=0.7), make_engine=None, **kwargs)  # fmt: skip
+    module._trainer = SimpleNamespace(strategy=strategy, global_rank=0, world_size=2)
+    return module
+
+
+def test_under_vllm_no_generation_copy_is_built_or_refreshed(tokenizer, monkeypatch):
+    with_hf = _module(tokenizer, UnshardedFSDP())
+    with_hf.configure_model()
+    assert with_hf.generation_model is not None  # the hf engine generates from an unsharded copy
+    with_vllm = _module(tokenizer, UnshardedFSDP(), make_rollout_engine=lambda: None)
+    with_vllm.configure_model()
+    assert with_vllm.generation_model is None  # 2N bytes (16 GB at 8B) the engine never reads
+    streamed = []
+    monkeypatch.setattr("atom.train.grpo.stream_full_weights", lambda *a: streamed.append(a))
+    with_vllm.refresh_generation_model()
+    assert not streamed  # and no all-gather of every parameter after each rollout step
+
+
+@pytest.mark.slow
+def test_a_rank_without_sequences_runs_as_many_old_logprob_forwards_as_the_others(tokenizer):
+    # The other ranks have two micro-batches (reduce max = 2): a sharded forward is a collective, so this rank,
+    # whose groups were all dropped (drop_zero_std), must run two forwards too, or every rank waits forever.
+    strategy = SimpleNamespace(reduce=lambda t, reduce_op: torch.tensor(2.0))
+    module = _module(tokenizer, strategy)
+    forwards = []
+    module.model.register_forward_hook(lambda *a: forwards.append(1))
+    assert module._trainer_old_logprobs([]) == 0.0
+    assert len(forwards) == 2 * 2  # raw (T = 1) and tempered (T = 0.7) forwards per micro-batch
+    # a rank with one micro-batch repeats it, and only its own sequences are relabelled
+    seq = TurnSequence(torch.tensor([5, 6, 7, 8]), torch.tensor([False, False, True, True]), torch.zeros(2))
+    forwards.clear()
+    module._trainer_old_logprobs([seq])
+    assert len(forwards) == 4 and seq.old_logprobs.shape == (2,) and (seq.old_logprobs < 0).all()
