@@ -261,11 +261,31 @@ def test_the_view_is_a_frozen_copy_that_agrees_with_the_prompt_whatever_the_call
         ("create", "read", "update", "answer"),
     ],
 )
-def test_system_prompt_has_an_example_of_each_enabled_op_and_none_of_the_others(ops) -> None:
+def test_system_prompt_shows_each_enabled_op_as_a_placeholder_none_copyable(ops) -> None:
     from atom.agent.actions import parse_actions
     from atom.agent.prompts import system_prompt
 
     text = system_prompt(ops)
-    kinds = {a.kind for a in parse_actions(text).actions}
-    assert kinds == set(ops)
+    parsed = parse_actions(text)
+    assert parsed.actions == []  # copying the grammar executes nothing (after GRPO the policy copied examples)
+    assert set(parsed.invalid) == set(ops)  # every enabled op is shown, placeholders only
     assert ("<delete" in text) == ("delete" in ops) and "Strategy:" in text and "exact short answer" in text
+
+
+@pytest.mark.parametrize("boxed", [False, True])
+def test_answer_prompts_hold_no_copyable_action(boxed) -> None:
+    from atom.agent.actions import parse_actions
+    from atom.agent.prompts import answer_prompt, context_answer_prompt
+    from atom.agent.rewards import extract_boxed
+
+    for text in (
+        answer_prompt("Who?", "", "q", [], reads_left=2, max_memory_chars=100, boxed=boxed),
+        context_answer_prompt("Who?", "Context", "Alden was born in Keldon.", boxed=boxed),
+    ):
+        actions = parse_actions(text).actions
+        if not boxed:
+            assert actions == []
+        else:  # "\\boxed{...}" parses as an answer, but its box holds no letter or digit: it scores 0, stores nothing
+            assert [a.kind for a in actions] == ["answer"] and not any(
+                c.isalnum() for c in extract_boxed(actions[0].text)
+            )

@@ -28,7 +28,9 @@ Everything outside action tags is free reasoning and is ignored. Rules, applied 
    four kinds take no attribute, and an attribute makes them invalid.
 5. Bodies: the body of ``<kind>`` ends at the FIRST following ``</kind>`` and is stripped of surrounding
    whitespace. A body longer than ``max_text_chars`` is cut to that length, which does not make it invalid.
-   An empty body is invalid for create, read, update and answer. A delete must have an empty body.
+   An empty body is invalid for create, read, update and answer (it clears the scratchpad). A non-empty body
+   without a letter or digit (``...``, ``-``) is invalid for all five: the system prompt writes the grammar with
+   such placeholders, so copying it executes nothing. A delete must have an empty body.
 6. Nesting: if a body contains any action tag or think tag (an open, close or self-closing tag of the six
    kinds or of think), the outer action is invalid. Nothing inside it is executed or counted, and parsing
    resumes after its close tag. So prose about an action inside a scratchpad
@@ -173,8 +175,8 @@ def _build(tag: _Tag, body: str, max_text_chars: int) -> Action | None:
         return None if text else Action("delete", "", action_id)
     if len(text) > max_text_chars:
         text = text[:max_text_chars].rstrip()
-    if not text and tag.name != "scratchpad":
-        return None
+    if (text or tag.name != "scratchpad") and not any(ch.isalnum() for ch in text):
+        return None  # empty (a scratchpad may clear), or a placeholder such as "..." (the prompt's grammar uses them)
     return Action(tag.name, text, action_id)
 
 
@@ -288,7 +290,7 @@ def render_action(action: Action) -> str:
 
     The round trip holds when ``len(action.text) <= max_text_chars`` of the parse. Raises ValueError for an
     action no reply could produce: a body with surrounding whitespace, an empty body (except for the
-    scratchpad), or a body that contains an action or think tag.
+    scratchpad), a body without a letter or digit, or a body that contains an action or think tag.
     """
     if not isinstance(action, Action):
         raise TypeError(f"render_action expects an Action, got {type(action).__name__}")
@@ -299,6 +301,8 @@ def render_action(action: Action) -> str:
         raise ValueError(f"cannot render a {action.kind} whose text has surrounding whitespace: {text!r}")
     if not text and action.kind != "scratchpad":
         raise ValueError(f"cannot render a {action.kind} with an empty text")
+    if text and not any(ch.isalnum() for ch in text):
+        raise ValueError(f"cannot render a {action.kind} whose text has no letter or digit (a placeholder): {text!r}")
     for tag in _tags(text):
         if tag.name in _STRUCTURAL:
             raise ValueError(f"cannot render a {action.kind} whose text contains the tag {text[tag.start : tag.end]!r}")

@@ -124,6 +124,8 @@ class EpisodeStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     truncated_prompts: int = 0  # prompts the policy centre-cut to its prompt budget
+    stored_chars: int = 0  # characters held by the store when reading ends (the compression reward term)
+    context_chars: int = 0  # characters of the sample's context (0 for kinds that do not read it in chunks)
 
 
 @dataclass
@@ -376,7 +378,7 @@ class AtomMemEpisode:
             )
         self.sample, self.chunks, self.store, self.cfg = sample, chunks, store, cfg
         self.rules = rules if rules is not None else AtomRules()
-        self.stats = EpisodeStats()
+        self.stats = EpisodeStats(context_chars=len(sample.context))
         self.phase = READ
         self.chunk_index = 0
         self.question_index = 0
@@ -551,6 +553,7 @@ class AtomMemEpisode:
         self.chunk_index += 1
         if self.chunk_index == len(self.chunks):
             self.stored_at_end = [e.text for e in self.store.entries()]
+            self.stats.stored_chars = sum(len(t) for t in self.stored_at_end)
             self._start_question(self.question_index)
 
     def _store_documents(self) -> None:

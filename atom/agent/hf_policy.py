@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from atom.agent.prompts import Messages
 from atom.agent.rollout import Observation, Reply
@@ -27,6 +27,7 @@ class SamplingConfig:
     batch_size: int = 16  # sequences per generate call (the step's prompts are split into such batches)
     seed: int = 0  # base seed; call n of a policy uses seed + n, so a seeded run repeats exactly
     thinking: bool = False  # pass enable_thinking to chat templates that know it (Qwen3)
+    stop_strings: list[str] = field(default_factory=lambda: ["</answer>", "</final_answer>"])  # end replies (kept)
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -35,6 +36,8 @@ class SamplingConfig:
             raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens <= 0 or self.batch_size <= 0:
             raise ValueError("sampling.max_new_tokens and sampling.batch_size must be > 0")
+        if any(not isinstance(x, str) or not x for x in self.stop_strings):
+            raise ValueError(f"sampling.stop_strings must be non-empty strings, got {self.stop_strings!r}")
 
 
 def encode_prompt(tokenizer, messages: Messages, thinking: bool = False) -> list[int]:
@@ -71,6 +74,29 @@ class _LogprobRecorder(LogitsProcessor):
         if self.prev is not None and len(self.out) < new_tokens:
             self.out.append(self.prev.gather(1, sequences[:, -1:]).squeeze(1))
         return torch.stack(self.out, dim=1) if self.out else sequences.new_zeros((len(sequences), 0), dtype=torch.float)
+
+
+class _StopAtStrings(StoppingCriteria):
+    """Stops each row at the first generated token whose text completes one of ``stops``; records that length.
+
+    Only the row's newly generated tokens are decoded (the last few, enough to hold the longest stop string), so a
+    stop string in the prompt never ends a reply. transformers pads a stopped row from then on; the caller cuts
+    the completion at ``lengths[row]``.
+    """
+
+    def __init__(self, tokenizer, stops: Sequence[str], prompt_width: int, batch: int):
+        self.tokenizer, self.stops, self.width = tokenizer, list(stops), prompt_width
+        self.window = max(len(x) for x in self.stops) + 2  # a token holds at least one character
+        self.lengths: list[int | None] = [None] * batch
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        new = input_ids[:, self.width :]
+        for row, length in enumerate(self.lengths):
+            if length is None:
+                tail = self.tokenizer.decode(new[row, -self.window :], skip_special_tokens=True)
+                if any(x in tail for x in self.stops):
+                    self.lengths[row] = new.shape[1]
+        return torch.tensor([x is not None for x in self.lengths], device=input_ids.device)
 
 
 class HFPolicy:
@@ -137,6 +163,7 @@ class HFPolicy:
             repetition_penalty=1.0,
         )
         recorder = _LogprobRecorder(s.temperature)
+        stopper = _StopAtStrings(self.tokenizer, s.stop_strings, width, len(prompts)) if s.stop_strings else None
         self.calls += 1
         was_training = self.model.training
         self.model.eval()
@@ -149,6 +176,7 @@ class HFPolicy:
                 attention_mask=attention.to(device),
                 generation_config=config,
                 logits_processor=LogitsProcessorList([recorder]),
+                stopping_criteria=StoppingCriteriaList([stopper] if stopper else []),
             )
         self.model.train(was_training)
         new = out[:, width:].cpu()
@@ -158,9 +186,13 @@ class HFPolicy:
         for row, p in enumerate(prompts):
             ends = torch.isin(new[row], eos).nonzero()
             length = int(ends[0]) + 1 if len(ends) else new.shape[1]
+            stopped = stopper is not None and stopper.lengths[row] is not None and stopper.lengths[row] <= length
+            length = stopper.lengths[row] if stopped else length
+            cut = not stopped and not len(ends) and length >= s.max_new_tokens
             ids = new[row, :length]
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            replies.append(Reply(text, torch.tensor(p), ids.clone(), logprobs[row, :length].clone()))
+            reply = Reply(text, torch.tensor(p), ids.clone(), logprobs[row, :length].clone(), cut_off=cut)
+            replies.append(reply)
         return replies
 
 

@@ -134,7 +134,7 @@ class OpenAIPolicy:
 
         choice = self.client.call(kind, request)
         self._count(choice)
-        return Reply(choice["message"].get("content") or "")
+        return Reply(choice["message"].get("content") or "", cut_off=choice.get("finish_reason") == "length")
 
     def _tokens(self, item: tuple[list[int], int]) -> Reply:
         prompt, seed = item
@@ -151,7 +151,8 @@ class OpenAIPolicy:
         self._count(choice)
         ids = torch.tensor(choice["ids"], dtype=torch.long)
         logprobs = torch.tensor(choice["logprobs"], dtype=torch.float)
-        return Reply(choice.get("text") or "", torch.tensor(prompt, dtype=torch.long), ids, logprobs)
+        cut = choice.get("finish_reason") == "length"
+        return Reply(choice.get("text") or "", torch.tensor(prompt, dtype=torch.long), ids, logprobs, cut_off=cut)
 
     def close(self) -> None:
         self.client.close()

@@ -1,8 +1,8 @@
 """Prompt text of the AtomMem agent and of the static baselines.
 
-The system prompt gives the grammar, an example of each operation, a worked reply to one chunk and a strategy
-that matches the reward (EM on the questions: store every link of a question's chain, merge instead of
-duplicating, answer with the exact short answer).
+The system prompt gives the grammar (each tag with placeholders, never a copyable concrete action), what a reply
+to one chunk does, and a strategy that matches the reward (EM on the questions: store every link of a question's
+chain, merge instead of duplicating, answer with the exact short answer).
 
 The read-phase prompt follows the AtomMem release's order (questions, scratchpad, current query, retrieved memories,
 tips, the chunk, strategy hints) but shows every memory with its stable store id, which Update and Delete address.
@@ -20,23 +20,25 @@ if TYPE_CHECKING:
 Messages = list[dict[str, str]]
 
 
-# Each operation is described by an example of it; the worked reply and the strategy keep only lines whose
-# operation is enabled, so an ablation's prompt never shows a disabled operation.
+# Each operation is described by its tag with "..." or N where the content goes: a placeholder is not a valid action
+# (the parser refuses bodies without a letter or digit and ids that are not numbers), so a policy that copies the
+# grammar executes nothing. Concrete wording is only ever shown as prose, never inside a tag (after GRPO the 135M
+# policy copied the earlier concrete example update, an invalid id, in most replies; before that, it answered with
+# a concrete example answer). The worked reply keeps only lines whose operation is enabled.
 _DOCS = {
-    "create": "<create>Ilsa Brandt: Ilsa Brandt was born in Keldon.</create>  store one fact, subject first",
-    "read": "<read>Keldon country</read>  search memory; results show with their ids at the next turn",
-    "update": '<update id="3">new text</update>  replace the text of memory 3',
-    "delete": '<delete id="5"/>  delete memory 5',
-    "scratchpad": "<scratchpad>Q1: ...</scratchpad>  overwrite the scratchpad, which is always shown to you",
-    # a placeholder, not a name: a small policy copies a concrete example answer when unsure
-    "answer": "<answer>short answer</answer>  answer the current question (only when asked to answer)",
+    "create": "<create>...</create>  store one fact, subject first, e.g. Name: Name was born in Place.",
+    "read": "<read>...</read>  search memory with keywords; the results show with their ids at the next turn",
+    "update": '<update id="N">...</update>  replace the text of the memory shown as [id N]',
+    "delete": '<delete id="N"/>  delete the memory shown as [id N]',
+    "scratchpad": "<scratchpad>...</scratchpad>  overwrite the scratchpad, which is always shown to you",
+    "answer": "<answer>...</answer>  answer the current question (only when asked to answer)",
 }
 _WORKED = (
-    ("create", "<create>Keldon: Keldon is a town in Morvania.</create>"),
-    ("update", '<update id="3">Ilsa Brandt: Ilsa Brandt was born in Keldon in 1931.</update>'),
-    ("delete", '<delete id="5"/>'),
-    ("read", "<read>Ilsa Brandt Keldon</read>"),
-    ("scratchpad", "<scratchpad>Q1: Brandt born in Keldon, in Morvania: answer Morvania.</scratchpad>"),
+    ("create", "a create with that fact, copied from the chunk"),
+    ("update", "an update of a shown memory on the same subject that lacks the new detail"),
+    ("delete", "a delete of a shown memory that repeats another"),
+    ("read", "a read with the key names of what is still missing"),
+    ("scratchpad", "a scratchpad with one line per question"),
 )
 _STRATEGY = {
     "create": "Store every fact a question needs, each link of a chain too (a birthplace, then its country); copy "
@@ -58,10 +60,10 @@ def system_prompt(ops: Sequence[str]) -> str:
     lines += ["  " + _DOCS[op] for op in _DOCS if op in ops]
     worked = [text for op, text in _WORKED if op in ops]
     if worked:
-        why = "This chunk says where Keldon is, which question 1 needs"
-        why += "; memory [id 3] on Ilsa Brandt gets a detail" if "update" in ops else ""
-        why += "; memory [id 5] repeats memory [id 3]" if "delete" in ops else ""
-        lines += ["Example reply to a chunk:", why + ".", *worked]
+        lines += [
+            "A reply to a chunk: one sentence on what the chunk says that a question needs, then the actions it calls "
+            "for, e.g. " + "; ".join(worked) + "."
+        ]
     strategy = [_STRATEGY[op] for op in _STRATEGY if op in ops]
     if "create" not in ops and "scratchpad" in ops:
         strategy.insert(0, "The scratchpad is your only memory: write into it every fact the questions need.")
@@ -123,15 +125,13 @@ def answer_prompt(
         lines += ["", "Scratchpad:", scratchpad or "(empty)"]
     if results is not None:
         lines += [""] + _memories(query, results, max_memory_chars)
-    fmt = "<answer>\\boxed{your answer}</answer>" if boxed else "<answer>your answer</answer>"
+    fmt = "<answer>\\boxed{...}</answer>" if boxed else "<answer>...</answer>"
     lines.append("")
     if results is not None and reads_left > 0:
-        lines.append(
-            f"Reply with {fmt}, or with <read>query</read> to search memory first ({reads_left} searches left)."
-        )
+        lines.append(f"Reply with {fmt}, or with <read>...</read> to search memory first ({reads_left} searches left).")
     else:
         lines.append(f"You must answer now. Reply with {fmt}.")
-    lines.append("Give only the exact answer (a name, date, number or yes/no), copied from memory.")
+    lines.append("In place of ... give only the exact answer (a name, date, number or yes/no), copied from memory.")
     return "\n".join(lines)
 
 
@@ -156,13 +156,13 @@ def memagent_update_prompt(questions: Sequence[str], memory: str, chunk: str, ma
 
 def context_answer_prompt(question: str, context_title: str, context: str, boxed: bool) -> str:
     """Answer one question from a given context (full-context, RAG and MemAgent baselines)."""
-    fmt = "<answer>\\boxed{your answer}</answer>" if boxed else "<answer>your answer</answer>"
+    fmt = "<answer>\\boxed{...}</answer>" if boxed else "<answer>...</answer>"
     return "\n".join(
         [
             f"{context_title}:",
             context or "(empty)",
             "",
             f"Question: {question}",
-            f"Reply with {fmt}. Give only the exact answer (a name, date, number or yes/no).",
+            f"Reply with {fmt}, in place of ... only the exact answer (a name, date, number or yes/no).",
         ]
     )

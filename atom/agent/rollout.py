@@ -47,6 +47,7 @@ class Reply:
     completion_ids: torch.Tensor | None = None  # (C,) int64: sampled tokens, up to and including EOS
     logprobs: torch.Tensor | None = None  # (C,) float32: log pi_old(token) at the sampling temperature
     truncated: bool = False  # the prompt was centre-cut to the policy's prompt budget before generating
+    cut_off: bool = False  # generation hit max_new_tokens before an end-of-sequence token or a stop string
 
 
 @dataclass
@@ -134,11 +135,12 @@ class RolloutEngine:
         self.policy, self.embedder, self.chunker = policy, embedder, chunker
         self.memory_cfg, self.make_episode = memory_cfg, make_episode
         self.stats = RolloutStats()
-        self._chunks: SampleCache[list[str]] = SampleCache()
+        self._chunks: SampleCache[Sequence[str]] = SampleCache()
 
-    def chunks(self, sample: LongContextSample) -> list[str]:
-        """The sample's context in chunks, tokenized once per sample (a group repeats it G times)."""
-        return self._chunks.get(sample, lambda: [c.text for c in self.chunker.chunks(sample.context)])
+    def chunks(self, sample: LongContextSample) -> Sequence[str]:
+        """The sample's context in chunks: a lazy stream, tokenized block by block as episodes read it and shared
+        by the G episodes of a group, so memory stays flat however long the context (``TokenChunker.stream``)."""
+        return self._chunks.get(sample, lambda: self.chunker.stream(sample.context))
 
     def episodes(self, samples: Sequence[LongContextSample], repeats: int = 1) -> list[Episode]:
         return [

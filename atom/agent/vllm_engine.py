@@ -181,6 +181,8 @@ class VLLMPolicy:
                 top_k=0,
                 max_tokens=s.max_new_tokens,
                 logprobs=0,
+                stop=list(s.stop_strings) or None,
+                include_stop_str_in_output=True,  # the parser needs the closing tag, as HFPolicy keeps it
                 seed=s.seed + 100_003 * self.calls + i,
             )  # fmt: skip
             for i in range(len(prompts))
@@ -195,7 +197,8 @@ class VLLMPolicy:
         logprobs = [step[t].logprob for t, step in zip(ids, out.logprobs)]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         return Reply(text, torch.tensor(prompt, dtype=torch.long), torch.tensor(ids, dtype=torch.long),
-                     torch.tensor(logprobs, dtype=torch.float))  # fmt: skip
+                     torch.tensor(logprobs, dtype=torch.float),
+                     cut_off=getattr(out, "finish_reason", None) == "length")  # fmt: skip
 
 
 def launcher_env(local_rank: int) -> dict[str, str]:

@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, Sampler
 
 from atom.data.loaders import DataConfig, load_records
 from atom.data.longcontext import LongContextSample, build_samples, paragraph_pool
-from atom.data.records import DataError, QARecord
+from atom.data.memory_benchmarks import load_samples
+from atom.data.records import SAMPLE_DATASETS, DataError, QARecord
 from atom.data.synthetic import generate
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,9 @@ class AtomDataModule(lightning.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._ready:  # Lightning calls setup once per stage; the samples must not change between them
             return
+        if self.cfg.dataset in SAMPLE_DATASETS:
+            self._setup_samples()
+            return
         self.records = [] if self.cfg.eval_path else load_records(self.cfg)
         synthetic = self.cfg.synthetic
         if self.cfg.dataset == "synthetic" and synthetic.val_seed >= 0:
@@ -197,6 +201,25 @@ class AtomDataModule(lightning.LightningDataModule):
         self.val_samples = build_samples(self.val_records, self.cfg, val_pool, split="val")
         self._ready = True
 
+    def _setup_samples(self) -> None:
+        """A sample dataset: its file's samples split by source record (the samples of one record, e.g. a LoCoMo
+        conversation's questions, stay on one side), or all of them trained on and eval_path's evaluated."""
+        self._loaded = load_samples(self.cfg)
+        if self.cfg.eval_path:
+            held_out = dataclasses.replace(
+                self.cfg, path=self.cfg.eval_path, hub_split=self.cfg.eval_hub_split,
+                max_records=self.cfg.eval_max_records,
+            )  # fmt: skip
+            self.train_samples, self.val_samples = self._loaded, load_samples(held_out)
+        else:
+            by_record: dict[str, list[LongContextSample]] = {}
+            for sample in self._loaded:
+                by_record.setdefault(sample.record_ids[0].rsplit("#", 1)[0], []).append(sample)
+            train, val = split_records(list(by_record), self.cfg.val_fraction, self.cfg.seed)
+            self.train_samples = [s for key in train for s in by_record[key]]
+            self.val_samples = [s for key in val for s in by_record[key]]
+        self._ready = True
+
     def require(self, split: str, purpose: str) -> list[LongContextSample]:
         """The ``split`` ("train" or "val") samples, or a DataError saying why there are none and what to change."""
         self.setup()
@@ -212,6 +235,8 @@ class AtomDataModule(lightning.LightningDataModule):
     def all_samples(self) -> list[LongContextSample]:
         """Samples built from every loaded record (file order, no split), as an evaluation set would be."""
         self.setup()
+        if self.cfg.dataset in SAMPLE_DATASETS:
+            return list(self._loaded)
         return build_samples(self.records, self.cfg, paragraph_pool(self.records), split="all")
 
     def _rank(self) -> tuple[int, int]:

@@ -62,10 +62,19 @@ class SyntheticConfig:
     seed: int = 0  # seed of the world and of the questions
     val_seed: int = -1  # >= 0: validation comes from a second world of this seed (unseen entities); -1: split one
     val_records: int = 0  # with val_seed: questions of the validation world; 0 = data.val_fraction x num_records
+    rl_seed: int = -1  # >= 0: GRPO's prompts come from a world of this seed (questions SFT never saw); -1: SFT's
+    rl_records: int = 0  # with rl_seed: questions of GRPO's world; 0 = num_records
 
     def __post_init__(self) -> None:
         if self.val_seed >= 0 and self.val_seed == self.seed:
             raise ValueError(f"data.synthetic.val_seed must differ from data.synthetic.seed ({self.seed}) or be -1")
+        if self.rl_seed >= 0 and self.rl_seed in (self.seed, self.val_seed):
+            raise ValueError(
+                f"data.synthetic.rl_seed ({self.rl_seed}) must differ from seed ({self.seed}) and val_seed "
+                f"({self.val_seed}): GRPO's world is neither SFT's nor the evaluation's"
+            )
+        if self.rl_records < 0:
+            raise ValueError(f"data.synthetic.rl_records must be >= 0, got {self.rl_records}")
         if self.val_records < 0:
             raise ValueError(f"data.synthetic.val_records must be >= 0, got {self.val_records}")
         if self.num_records < 1:

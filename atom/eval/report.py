@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from atom.agent.rollout import Trajectory
+from atom.agent.shaping import TERMS, reward_terms
 
 OPS = ("create", "read", "update", "delete", "scratchpad", "answer")
 
@@ -48,12 +49,17 @@ def summarize(trajectories: Sequence[Trajectory], wall_s: float) -> dict:
         "prompt_tokens_per_episode": _mean([s.prompt_tokens for s in stats]),
         "completion_tokens_per_episode": _mean([s.completion_tokens for s in stats]),
         "truncated_prompts_per_episode": _mean([s.truncated_prompts for s in stats]),  # centre-cut to the budget
+        # turns cut at max_new_tokens without EOS or a stop string (a reply the limit cut mid-action)
+        "cutoff_per_episode": _mean([sum(bool(t.reply.cut_off) for t in tr.turns) for tr in trajectories]),
         "wall_s": wall_s,
     }
     stored = [r.facts_stored for r in results if r.facts_stored is not None]
     retrieved = [r.facts_retrieved for r in results if r.facts_retrieved is not None]
     out["facts_stored"] = 100 * _mean(stored) if stored else None
     out["facts_retrieved"] = 100 * _mean(retrieved) if retrieved else None
+    # grpo.reward's terms (atom.agent.shaping), unweighted episode means: what a shaped reward would see
+    terms = [reward_terms(t) for t in trajectories]
+    out["reward_terms"] = {k: _mean([x[k] for x in terms]) for k in TERMS}
     return out
 
 
@@ -62,16 +68,16 @@ def markdown_table(rows: dict[str, dict]) -> str:
 
     EM and F1 are SQuAD's (question mean); "release EM" is the release's scorer (sample mean; "-" when the answers
     were not asked boxed, where it is 0 by construction); operations are per episode, with per LLM call in
-    brackets.
+    brackets; "cut-off" is turns per episode that the token limit cut.
     """
     head = (
-        "| method | EM (SQuAD) | F1 (SQuAD) | release EM | create | read | update | delete | invalid | store "
-        "| LLM calls | tokens (in/out) | facts stored | facts retrieved | wall s |"
+        "| method | EM (SQuAD) | F1 (SQuAD) | release EM | create | read | update | delete | invalid | cut-off "
+        "| store | LLM calls | tokens (in/out) | facts stored | facts retrieved | wall s |"
     )
     judged = any("judge" in r for r in rows.values())
     if judged:  # the LLM judge's column sits next to EM/F1 (judged questions; failures counted apart)
         head = head.replace("| F1 (SQuAD) |", "| F1 (SQuAD) | judge (failed) |")
-    lines = [head, "|" + "---|" * (15 + judged)]
+    lines = [head, "|" + "---|" * (16 + judged)]
     for name, r in rows.items():
         ops, rate = r["ops_per_episode"], r.get("ops_per_turn", {})
         pct = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
@@ -81,7 +87,7 @@ def markdown_table(rows: dict[str, dict]) -> str:
             + (f" {pct(r.get('judge'))} ({r.get('judge_failed', 0)}) |" if judged else "")
             + f" {pct(r.get('release_em', 0) if r.get('release_applies', True) else None)} | {op('create')} "
             f"| {op('read')} | {op('update')} | {op('delete')} | {r['invalid_per_episode']:.1f} "
-            f"| {r['mean_store_size']:.1f} | {r['llm_calls_per_episode']:.1f} "
+            f"| {r.get('cutoff_per_episode', 0.0):.2f} | {r['mean_store_size']:.1f} | {r['llm_calls_per_episode']:.1f} "
             f"| {r['prompt_tokens_per_episode']:.0f}/{r['completion_tokens_per_episode']:.0f} "
             f"| {pct(r['facts_stored'])} | {pct(r['facts_retrieved'])} | {r['wall_s']:.0f} |"
         )
@@ -105,5 +111,7 @@ def write_results(out_dir: str | Path, rows: dict[str, dict], trajectories: dict
                     "ops": dict(r.stats.ops), "invalid": dict(r.stats.invalid),
                     "llm_calls": r.stats.llm_calls, "store_sizes": r.stats.store_sizes,
                     "truncated_prompts": r.stats.truncated_prompts,
+                    "cut_off_turns": sum(bool(x.reply.cut_off) for x in t.turns),
+                    "reward_terms": reward_terms(t),
                 }) + "\n")  # fmt: skip
     return out / "results.json"

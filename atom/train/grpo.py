@@ -5,13 +5,17 @@ Objective, per rollout step (each symbol -> ``GRPOConfig`` field):
 - Sample ``prompts_per_step`` long-context samples (``AtomDataModule.train_dataloader``: a seeded schedule, so a
   resumed run sees the same order; each rank gets its share of whole groups) and roll out ``group_size`` = G
   episodes per sample with the batched engine at ``sampling.temperature`` (1.0).
-- Reward R_i in [0, 1] per episode (mean EM over its questions). Advantage A_i = R_i - mean_group(R)
+- Reward R_i per episode: ``reward`` weights the outcome (``agent.reward``: mean EM over its questions) and the
+  memory-policy terms of ``atom.agent.shaping`` (validity, invalid actions, cut-off turns, compression, gold facts
+  stored); the defaults are the outcome alone, in [0, 1]. Advantage A_i = R_i - mean_group(R)
   (``std_scale="none"``, AtomMem/Dr. GRPO; ``"group"``/``"batch"`` divide by a std as TRL does). Groups whose
   rewards are all equal carry no signal and are dropped when ``drop_zero_std``.
 - Every turn of an episode is its own sequence; A_i is applied to every model-generated token of every turn of
   episode i (MemAgent multi-conversation credit assignment). Environment tokens (prompts: chunks, memories,
   instructions) have mask 0 and never enter the loss; the mask is the one built during generation.
-- Per token: r = pi_theta / pi_old (pi_old = the sampling log-probs recorded at generation time),
+- Per token: r = pi_theta / pi_old (pi_old: ``old_logprobs`` = sampler, the log-probs recorded while generating,
+  or trainer, one no-grad forward of the policy before the update: under bf16 autocast the two differ by up to
+  ~0.2 per token, and the trainer's makes the first update's ratio exactly 1),
   L = -min(r A, clip(r, 1 - clip_low, 1 + clip_high) A) with dual clip ``dual_clip`` for A < 0, plus
   ``kl_coef`` * k3(pi_theta || pi_ref) where k3 = exp(ref - lp) - (ref - lp) - 1 and pi_ref is the initial policy:
   with LoRA the base model with adapters disabled (no second copy), otherwise a frozen copy.
@@ -55,6 +59,7 @@ import torch
 
 from atom.agent.hf_policy import HFPolicy, SamplingConfig
 from atom.agent.rollout import RolloutEngine, Trajectory
+from atom.agent.shaping import RewardConfig, batch_rewards
 from atom.agent.vllm_engine import VLLMConfig
 from atom.data.longcontext import LongContextSample
 from atom.eval.report import summarize
@@ -95,6 +100,8 @@ class GRPOConfig:
     std_scale: str = "none"  # advantage scaling: none (paper) | group | batch
     aggregation: str = "token_mean"  # token_mean (paper) | seq_mean_token_mean | seq_mean_token_sum_norm
     drop_zero_std: bool = False  # drop groups whose rewards are all equal (MemAgent does)
+    reward: RewardConfig = field(default_factory=RewardConfig)  # shaped reward terms and weights (agent/shaping.py)
+    old_logprobs: str = "sampler"  # pi_old: sampler (log-probs recorded while generating) | trainer (a no-grad forward)
     val_every: int = 0  # rollout steps between greedy validations on val samples; 0 = never
     val_samples: int = 8  # validation samples per validation
     checkpoint_every: int = 10  # rollout steps between kept checkpoints (last.ckpt is rewritten every step)
@@ -110,6 +117,8 @@ class GRPOConfig:
         for name in ("group_size", "prompts_per_step", "max_steps", "updates_per_batch", "micro_batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"grpo.{name} must be > 0, got {getattr(self, name)}")
+        if self.old_logprobs not in ("sampler", "trainer"):
+            raise ValueError(f"grpo.old_logprobs must be sampler or trainer, got '{self.old_logprobs}'")
         if self.rollout_engine not in ("hf", "vllm"):
             raise ValueError(f"grpo.rollout_engine must be hf or vllm, got '{self.rollout_engine}'")
         if self.group_size < 2:
@@ -239,7 +248,8 @@ class GRPOModule(L.LightningModule):
         if self.rollout_engine is not None:
             self.rollout_engine.sleep()  # frees the engine's GPU memory for the update (grpo.vllm.sleep_level)
 
-        rewards = torch.tensor([t.reward for t in trajectories], dtype=torch.float)
+        shaped, terms = batch_rewards(trajectories, cfg.reward)
+        rewards = torch.tensor(shaped, dtype=torch.float)
         batch_std = self._global_std(rewards) if cfg.std_scale == "batch" else None
         advantages = group_advantages(rewards, cfg.group_size, cfg.std_scale, batch_std=batch_std)
         zero = zero_std_groups(rewards, cfg.group_size)
@@ -250,7 +260,8 @@ class GRPOModule(L.LightningModule):
         self.groups["mixed"] += int(counts[1])
         keep = (~zero).repeat_interleave(cfg.group_size) if cfg.drop_zero_std else torch.ones_like(rewards).bool()
         seqs = turn_sequences(trajectories, advantages, keep)
-        logp_diff = self._trainer_old_logprobs(seqs) if getattr(self.rollout_engine, "raw_logprobs", False) else None
+        recompute = cfg.old_logprobs == "trainer" or getattr(self.rollout_engine, "raw_logprobs", False)
+        logp_diff = self._trainer_old_logprobs(seqs) if recompute else None
         # A weight-0 stand-in for ranks left with no micro-batch (all their groups dropped): see _update.
         placeholder = turn_sequences(trajectories[:1], advantages[:1] * 0, keep[:1] | True)[:1]
 
@@ -262,7 +273,8 @@ class GRPOModule(L.LightningModule):
         summary = summarize(trajectories, rollout_s)
         completions = [len(t.reply.completion_ids) for tr in trajectories for t in tr.turns]
         logs = {
-            "grpo/reward": rewards.mean(),
+            "grpo/reward": rewards.mean(),  # the shaped total (the outcome alone with default weights)
+            **{f"grpo/reward_{k}": v for k, v in terms.items()},  # each term unweighted, batch mean
             "grpo/reward_std": rewards.view(-1, cfg.group_size).std(dim=1, unbiased=False).mean(),
             "grpo/frac_reward_zero_std": zero.float().mean(),
             "grpo/sequences": float(len(seqs)),
