@@ -77,9 +77,11 @@ def _fit(cfg: Config) -> dict:
         if stage == "sft":
             model = pipeline.sft(model, p)
             trained.append("sft")
+            pipeline.free_memory()  # the sharded input model (FSDP hooks make cycles): before the next stage allocates
         elif stage == "grpo":
             model = pipeline.grpo(model, p, restart_adapters=bool(trained))
             trained.append("grpo")
+            pipeline.free_memory()
         elif trained:
             evaluation(f" (after {'+'.join(trained)})", "after_" + "_".join(trained))
         else:

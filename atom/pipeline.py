@@ -118,8 +118,11 @@ def load_policy(p: Pieces):
     return load_model(p.cfg.model, seed=p.cfg.run.seed, meta=meta)
 
 
-def _release(*objects) -> None:
-    del objects
+def free_memory() -> None:
+    """Free what a finished stage left: its module and Trainer reference each other (and Lightning's loops, the
+    strategy and the callbacks reference both), so only a collection frees them, with the optimizer state and,
+    under FSDP, the shards. The stage drops its own references first (``del module, trainer``); ``atom.fit`` calls
+    it again once the caller let go of the stage's (sharded, consumed) input model."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -146,7 +149,8 @@ def sft(model, p: Pieces):
     module = SFTModule(model, cfg.sft)
     trainer.fit(module, datamodule=data, ckpt_path=resume_path(cfg.trainer, p.run_dir, "sft"), weights_only=True)
     trained = module.trained_model()
-    _release(module, trainer)
+    del module, trainer, data
+    free_memory()
     return trained
 
 
@@ -172,7 +176,9 @@ def grpo(model, p: Pieces, restart_adapters: bool = False):
         share = 100 * mixed / total
         log.info("GRPO: %d of %d groups had mixed rewards (non-zero advantages), %.0f%%", mixed, total, share)
     trained = module.trained_model()
-    _release(module, trainer)
+    p.data.trainer = None  # Lightning attached the shared datamodule to this stage's Trainer
+    del module, trainer
+    free_memory()
     return trained
 
 

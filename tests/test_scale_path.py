@@ -65,3 +65,42 @@ def test_a_rank_without_sequences_runs_as_many_old_logprob_forwards_as_the_other
     forwards.clear()
     module._trainer_old_logprobs([seq])
     assert len(forwards) == 4 and seq.old_logprobs.shape == (2,) and (seq.old_logprobs < 0).all()
+
+
+@pytest.mark.slow
+def test_a_finished_stage_frees_its_module_and_trainer(tmp_path, monkeypatch):
+    """Lightning's module <-> trainer cycles (and the datamodule's back reference to the trainer) kept a stage's
+    state alive until a later gc: at 8B, SFT's optimizer state through GRPO, GRPO's during the final evaluation."""
+    import gc
+    import weakref
+
+    from atom import pipeline
+    from atom.config import load_config
+    from atom.train.sft import SFTModule
+
+    from .test_grpo import TINY
+
+    refs: dict[str, list] = {"module": [], "trainer": []}
+    build_trainer = pipeline.build_trainer
+    monkeypatch.setattr(pipeline, "build_trainer", lambda *a, **k: _track(refs, "trainer", build_trainer(*a, **k)))
+    for cls in (SFTModule, GRPOModule):
+        init = cls.__init__
+        monkeypatch.setattr(cls, "__init__", lambda self, *a, _init=init, **k: _init(self, *a, **k) or
+                            refs["module"].append(weakref.ref(self)))  # fmt: skip
+    p = pipeline.build(load_config(None, TINY + ["grpo.max_steps=1", "sft.epochs=1", f"run.out_dir={tmp_path}"]))
+    gc.disable()  # what the test asserts: freed when the stage returns, not at some later collection
+    try:
+        model = pipeline.sft(pipeline.load_policy(p), p)
+        assert [r() for r in refs["module"] + refs["trainer"]] == [None, None]
+        model = pipeline.grpo(model, p)
+        assert [r() for r in refs["module"] + refs["trainer"]] == [None] * 4
+    finally:
+        gc.enable()
+    assert isinstance(model, torch.nn.Module)
+
+
+def _track(refs: dict, kind: str, obj):
+    import weakref
+
+    refs[kind].append(weakref.ref(obj))
+    return obj
