@@ -38,6 +38,7 @@ from atom.memory.embedder import Embedder, build_embedder
 from atom.train.grpo import GRPOModule
 from atom.train.models import context_window, load_model, load_tokenizer, restart_lora
 from atom.train.sft import DemoDataModule, SFTModule, demos_from_trajectories, read_demos
+from atom.train.sharding import materialize, stream_full_weights
 from atom.train.trainer import TrainerConfig, build_trainer, detect_launch, resume_path
 
 log = logging.getLogger(__name__)
@@ -203,17 +204,57 @@ def vllm_engine_factory(p: Pieces, model):
     return make
 
 
+def evaluation_model(model, p: Pieces):
+    """The model evaluation generates with, on ``p.device``. On a GPU under bf16-mixed / 16-mixed: a copy in the
+    compute dtype, streamed one parameter at a time (2N bytes on the GPU instead of the 4N of fp32 master weights;
+    the trained model stays on the host for the next stage and ``policy/``). On the CPU the model itself, moved,
+    which generates under autocast as training computed. A quantized model stays where it was loaded."""
+    if model is None or p.cfg.model.quantization != "none":
+        return model
+    dtype = p.autocast
+    floating = [t for t in model.parameters() if t.is_floating_point()]
+    if p.device.type != "cpu" and dtype is not None and any(t.dtype != dtype for t in floating):
+        copy_ = materialize(model, p.device, dtype)
+        stream_full_weights(model, copy_)
+        return copy_.eval()
+    return model.to(p.device)
+
+
+def kv_bytes_per_token(model, dtype: torch.dtype) -> int:
+    """Bytes of KV cache one token takes: keys and values of every layer's KV heads (Qwen3-8B in bf16: 147 KB)."""
+    c = model.config
+    heads = c.num_attention_heads
+    kv_heads = getattr(c, "num_key_value_heads", None) or heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+    return 2 * c.num_hidden_layers * kv_heads * head_dim * torch.finfo(dtype).bits // 8
+
+
+def evaluation_batch_size(model, p: Pieces) -> int:
+    """``sampling.batch_size``, capped so one generate batch of full-window sequences keeps its KV cache within
+    ``eval.kv_cache_gb`` (the paper YAML's 64 sequences of ~7k tokens at 8B would be ~66 GB)."""
+    bs, budget = p.cfg.sampling.batch_size, p.cfg.eval.kv_cache_gb
+    if model is None or not budget or not hasattr(getattr(model, "config", None), "num_hidden_layers"):
+        return bs
+    dtype = p.autocast or next(model.parameters()).dtype
+    per_sequence = kv_bytes_per_token(model, dtype) * p.window(model)
+    fits = max(1, int(budget * 1e9 // per_sequence))
+    if fits < bs:
+        log.info("evaluation: %d sequences per generate call (eval.kv_cache_gb=%g), not %d", fits, budget, bs)
+    return min(bs, fits)
+
+
 def evaluate(model, p: Pieces, out_dir: Path, progress: bool = True) -> dict[str, dict]:
     """The evaluation table of ``eval.methods`` on the first ``eval.max_samples`` validation samples, written to
-    ``out_dir``. The model (None for the oracle alone) goes to ``p.device`` first; a quantized one stays where it
-    was loaded. The one evaluation that atom.fit, atom.evaluate and atom.collect's callers share."""
+    ``out_dir``. The model (None for the oracle alone) goes to ``p.device`` first (``evaluation_model``), its
+    generate batches sized to the KV budget (``evaluation_batch_size``). The one evaluation that atom.fit,
+    atom.evaluate and atom.collect's callers share."""
     cfg = p.cfg
-    if model is not None and cfg.model.quantization == "none":
-        model.to(p.device)
+    model = evaluation_model(model, p)
     samples = p.data.require("val", "evaluation")[: cfg.eval.max_samples or None]
     judge = build_judge(cfg.eval.judge)  # None unless eval.judge names a server
+    sampling = dataclasses.replace(cfg.sampling, batch_size=evaluation_batch_size(model, p))
     rows, _ = harness.evaluate(
-        samples, cfg.eval.methods, agent=cfg.agent, ecfg=cfg.eval, sampling=cfg.sampling,
+        samples, cfg.eval.methods, agent=cfg.agent, ecfg=cfg.eval, sampling=sampling,
         chunker=p.chunker, embedder=p.embedder, memory_cfg=cfg.memory, model=model, tokenizer=p.tokenizer,
         window_tokens=p.window(model), out_dir=out_dir, progress=progress, autocast=p.autocast,
         server=cfg.model.server if cfg.model.backend == "openai" else None, judge=judge,

@@ -104,3 +104,28 @@ def _track(refs: dict, kind: str, obj):
 
     refs[kind].append(weakref.ref(obj))
     return obj
+
+
+@pytest.mark.slow
+def test_evaluation_on_a_gpu_runs_a_compute_dtype_copy_in_kv_sized_batches(monkeypatch, tmp_path):
+    # At 8B: the fp32 model (33 GB) and 64 sequences of ~7k tokens of KV cache (~66 GB) were ~97 GB on rank 0.
+    from atom import pipeline
+    from atom.config import load_config
+
+    monkeypatch.setattr(pipeline, "device_for", lambda trainer: torch.device("meta"))  # a non-CPU device
+    overrides = ["model.name_or_path=tiny", "data.synthetic.num_records=8", "data.num_docs=2", "sampling.batch_size=64",
+                 "trainer.precision=bf16-mixed", "model.max_context_tokens=1000", "eval.kv_cache_gb=0.0005"]  # fmt: skip
+    p = pipeline.build(load_config(None, overrides))
+    model = pipeline.load_policy(p)
+    seen = {}
+    monkeypatch.setattr(pipeline.harness, "evaluate", lambda *a, **k: (seen.update(k), ({}, {}))[1])
+    pipeline.evaluate(model, p, tmp_path)
+    evaluated = seen["model"]
+    assert {t.dtype for t in evaluated.parameters()} == {torch.bfloat16} and evaluated.device.type == "meta"
+    assert {t.dtype for t in model.parameters()} == {torch.float32} and model.device.type == "cpu"  # kept for policy/
+    c = model.config  # keys + values, every layer and KV head, 2 bytes, at the 1000-token window
+    per_sequence = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 2 * 1000
+    assert seen["sampling"].batch_size == int(5e5 // per_sequence) == 3
+    p.cfg.eval.kv_cache_gb = 0  # no budget: sampling.batch_size as configured
+    pipeline.evaluate(model, p, tmp_path)
+    assert seen["sampling"].batch_size == 64

@@ -40,14 +40,15 @@ class EvalConfig:
     memagent_memory_chars: int = 2000  # MemAgent baseline: bound on the rewritten memory
     full_context_tokens: int = 0  # full-context baseline budget; 0 = model window minus sampling.max_new_tokens
     before_training: bool = False  # atom.fit: also evaluate the untrained policy (a before/after table)
+    kv_cache_gb: float = 24.0  # GB of KV cache per generate batch at full window: caps sampling.batch_size; 0 = no cap
     judge: JudgeConfig = field(default_factory=JudgeConfig)  # LLM judge column (pass/fail per question); off if no URL
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise ValueError(f"eval.methods: unknown or empty {bad or self.methods}; valid methods: {list(METHODS)}")
-        if self.max_samples < 0 or self.temperature < 0:
-            raise ValueError("eval.max_samples and eval.temperature must be >= 0")
+        if self.max_samples < 0 or self.temperature < 0 or self.kv_cache_gb < 0:
+            raise ValueError("eval.max_samples, eval.temperature and eval.kv_cache_gb must be >= 0")
 
 
 def episode_factory(method: str, agent: AgentConfig, ecfg: EvalConfig, window_tokens: int, tokenizer):
