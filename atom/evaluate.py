@@ -16,6 +16,8 @@ from atom import pipeline
 from atom.cli import entry_point
 from atom.cli import parser as cli_parser
 from atom.config import Config, load_config, save_config
+from atom.data.records import SAMPLE_DATASETS
+from atom.eval.categories import category_table
 from atom.eval.report import markdown_table
 from atom.rundir import eval_dir
 from atom.train.models import check_model_dir
@@ -36,8 +38,11 @@ def run(cfg: Config, progress: bool = True, tag: str = "", overwrite: bool = Fal
     save_config(resolved, out_dir)
     rows = pipeline.evaluate(model, p, out_dir, progress=progress)
     n = min(len(p.data.val_samples), cfg.eval.max_samples or len(p.data.val_samples))
-    print(f"{n} samples of {cfg.data.dataset} at {cfg.data.num_docs} documents -> {out_dir}")
+    at = "" if cfg.data.dataset in SAMPLE_DATASETS else f" at {cfg.data.num_docs} documents"
+    print(f"{n} samples of {cfg.data.dataset}{at} -> {out_dir}")
     print(markdown_table(rows))
+    if category_table(rows):
+        print(category_table(rows))
     return rows
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -29,7 +30,7 @@ from atom.config import load_config
 from atom.data.chunker import TokenChunker
 from atom.data.datamodule import AtomDataModule
 from atom.data.longcontext import LongContextSample, document_spans
-from atom.data.records import QARecord
+from atom.data.records import SAMPLE_DATASETS, Paragraph, QARecord
 from atom.train.models import load_tokenizer
 
 
@@ -53,21 +54,34 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
+def passage_spans(documents: Sequence[Paragraph]) -> list[tuple[int, int]]:
+    """Character span of each passage of a long text (``raw_text``): they are its consecutive slices."""
+    spans, pos = [], 0
+    for paragraph in documents:
+        spans.append((pos, pos + len(paragraph.text)))
+        pos += len(paragraph.text)
+    return spans
+
+
 def split_stats(
     samples: Sequence[LongContextSample], records: dict[str, QARecord], chunker: TokenChunker
 ) -> dict[str, object]:
     """Statistics of one split's samples (see the module docstring)."""
     tokens, chunks, truncated, in_docs, survived = [], [], 0, 0, 0
     for sample in samples:
-        tokenized = chunker.encode(sample.context)
-        windows = chunker.windows(len(tokenized))
-        tokens.append(len(tokenized))
+        stream = chunker.stream(sample.context)  # block by block: flat memory for million-token contexts
+        windows = stream.windows
+        tokens.append(stream.n_tokens)
         chunks.append(len(windows))
-        truncated += len(windows) < chunker.total_windows(len(tokenized))
-        wanted = [len({records[r].paragraphs[j].key for j in records[r].supporting}) for r in sample.record_ids]
+        truncated += len(windows) < chunker.total_windows(stream.n_tokens)
+        # a sample dataset's samples come as they are (no record to compare with): their evidence is all in
+        wanted = [
+            len({records[r].paragraphs[j].key for j in records[r].supporting}) if r in records else len(set(docs))
+            for r, docs in zip(sample.record_ids, sample.supporting_docs)
+        ]
         all_in = all(len(set(docs)) == n for docs, n in zip(sample.supporting_docs, wanted))
-        kept = _merge([tokenized.span(start, end) for _, start, end in windows])
-        spans = document_spans(sample.documents)
+        kept = _merge([(stream.bound(start), stream.bound(end)) for _, start, end in windows])
+        spans = passage_spans(sample.documents) if sample.raw_text else document_spans(sample.documents)
         all_kept = all(_covered(spans[d], kept) for docs in sample.supporting_docs for d in docs)
         in_docs += all_in
         survived += all_in and all_kept
@@ -82,6 +96,7 @@ def split_stats(
         "truncated_share": truncated / n,
         "support_in_documents_share": in_docs / n,
         "support_survived_share": survived / n,
+        "questions_by_category": dict(sorted(Counter(c for s in samples for c in s.categories).items())),
     }
 
 
@@ -101,6 +116,8 @@ def _print(name: str, stats: dict) -> None:
         f"  supporting paragraphs all kept: in documents {stats['support_in_documents_share']:.1%}, "
         f"after truncation {stats['support_survived_share']:.1%}"
     )
+    if stats["questions_by_category"]:
+        print("  questions by category: " + ", ".join(f"{k} {v}" for k, v in stats["questions_by_category"].items()))
 
 
 @entry_point("atom.data")
@@ -130,7 +147,10 @@ def main(argv: list[str] | None = None) -> dict:
         load_tokenizer(cfg.model), d.chunk_tokens, d.chunk_overlap, d.max_chunks, d.chunk_margin, d.max_context_tokens
     )
     records = {r.id: r for r in data.records}
-    print(f"{d.dataset}: {len(data.records)} records, num_docs={d.num_docs}, tokenizer {cfg.model.name_or_path}")
+    if d.dataset in SAMPLE_DATASETS:  # samples as the file has them: no records grouped, no num_docs
+        print(f"{d.dataset}: {len(data.all_samples())} samples from {d.path}, tokenizer {cfg.model.name_or_path}")
+    else:
+        print(f"{d.dataset}: {len(data.records)} records, num_docs={d.num_docs}, tokenizer {cfg.model.name_or_path}")
     result = {"data": asdict(cfg.data), "tokenizer": cfg.model.name_or_path, "splits": {}}
     for name, samples in splits.items():
         result["splits"][name] = split_stats(samples, records, chunker)

@@ -16,12 +16,22 @@ decoded from ids, so it has no decoding artefacts. Boundaries partition the text
 (e.g. a space that a tokenizer leaves out of its offsets) belongs to the earlier chunk, the first chunk starts
 at character 0 and the last ends at the end of the string, so concatenating the chunks with their overlap
 removed gives back the text exactly.
+
+``chunks`` tokenizes the whole text at once. ``stream`` (what episodes read) is lazy and flat in memory for any
+length: a counting pass tokenizes the text block by block (about 64K characters each, cut before a space that
+follows a non-space, a boundary the pre-tokenizer never merges across) and keeps only each block's first
+character and token; chunk k's text is cut when it is asked for, by tokenizing again just the blocks that hold
+its two boundaries. For byte-level BPE tokenizers (GPT-2, SmolLM2, Qwen) the blocks tokenize exactly as the whole
+text does, so the stream's chunks are ``chunks``'s; a tokenizer whose pieces depend on the start of the string
+(SentencePiece's prefix space) can differ by a token at a seam.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from array import array
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 
@@ -126,12 +136,7 @@ class TokenChunker:
         """The kept chunks of an already tokenized text, lazily."""
         spans = self.kept_spans(len(tokenized))
         for index, start, end in self.windows(len(tokenized)):
-            pieces, offset = [], 0  # original token ranges of kept positions [start, end)
-            for a, b in spans:
-                lo, hi = max(start - offset, 0), min(end - offset, b - a)
-                if lo < hi:
-                    pieces.append((a + lo, a + hi))
-                offset += b - a
+            pieces = _pieces(spans, start, end)  # original token ranges of kept positions [start, end)
             ids = [i for a, b in pieces for i in tokenized.ids[a:b]]
             text = "".join(tokenized.text[slice(*tokenized.span(a, b))] for a, b in pieces)
             yield Chunk(index, ids, text, pieces[0][0], pieces[-1][1])
@@ -141,5 +146,138 @@ class TokenChunker:
         return self.chunks_of(self.encode(text))
 
     def num_chunks(self, text: str) -> int:
-        """Number of chunks ``chunks(text)`` yields (after centre truncation)."""
-        return len(self.windows(self.count_tokens(text)))
+        """Number of chunks ``chunks(text)`` yields (after centre truncation), counted block by block."""
+        return len(self.stream(text))
+
+    def stream(self, text: str, block_chars: int = 1 << 16) -> ChunkStream:
+        """The kept chunks' texts as a lazy sequence (module docstring)."""
+        return ChunkStream(self, text, block_chars)
+
+
+def _pieces(spans: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    """Original token ranges of the kept positions ``[start, end)`` (kept spans joined end to end)."""
+    pieces, offset = [], 0
+    for a, b in spans:
+        lo, hi = max(start - offset, 0), min(end - offset, b - a)
+        if lo < hi:
+            pieces.append((a + lo, a + hi))
+        offset += b - a
+    return pieces
+
+
+class ChunkStream(Sequence[str]):
+    """The texts of a context's kept chunks, tokenized block by block as they are asked for (module docstring).
+
+    ``len`` runs the counting pass once; ``stream[k]`` tokenizes at most the two blocks holding chunk k's first
+    and last token (the last two blocks are kept). Memory: the text, one (character, token) pair per block and two
+    blocks' tokens, whatever the length. Random access, so every episode of a GRPO group can share one stream.
+    """
+
+    def __init__(self, chunker: TokenChunker, text: str, block_chars: int = 1 << 16, lookahead: int = 1024):
+        self.chunker, self.text = chunker, text
+        self.block_chars, self.lookahead = max(block_chars, 16), lookahead
+        self._starts: list[tuple[int, int]] = []  # (first character, first token) of each block
+        self._n_tokens = 0
+        self._windows: list[tuple[int, int, int]] | None = None
+        self._blocks: OrderedDict[int, tuple[array, array]] = OrderedDict()  # block -> (ids, bounds)
+
+    def _tokenize(self, pos: int) -> tuple[list[int], list[int], int]:
+        """(ids, character starts, end) of the block starting at character ``pos``: the same call for a block
+        in the counting pass and later, so both see identical tokens."""
+        window = self.text[pos : pos + self.block_chars + self.lookahead]
+        encoded = self.chunker.tokenizer(
+            window, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False, verbose=False
+        )
+        ids, starts = list(encoded["input_ids"]), [pos + a for a, _ in encoded["offset_mapping"]]
+        if pos + len(window) >= len(self.text) or len(ids) < 2:
+            return ids, starts, pos + len(window)
+        limit = pos + self.block_chars
+        later = [t for t in range(1, len(ids) - 1) if starts[t] >= limit and starts[t] > starts[t - 1]]
+        # A seam where a space follows a non-space: a pre-tokenizer boundary of the GPT-2 and Llama-3 / Qwen split
+        # patterns, so no token of the whole text's tokenization runs across it.
+        text = self.text
+        cut = next((t for t in later if text[starts[t]] == " " and not text[starts[t] - 1].isspace()), None)
+        if cut is None:
+            cut = later[0] if later else len(ids) - 1
+        return ids[:cut], starts[:cut], starts[cut]
+
+    def _plan(self) -> list[tuple[int, int, int]]:
+        if self._windows is None:
+            pos, count = 0, 0
+            while pos < len(self.text):
+                ids, _, end = self._tokenize(pos)
+                self._starts.append((pos, count))
+                pos, count = end, count + len(ids)
+            self._n_tokens = count
+            self._windows = self.chunker.windows(count)
+        return self._windows
+
+    def _block(self, b: int) -> tuple[array, array]:
+        if b not in self._blocks:
+            ids, starts, _ = self._tokenize(self._starts[b][0])
+            bounds = array("q", [self._starts[b][0]])  # as ``encode``: byte-level pieces of one character share
+            for start in starts[1:]:  # its offset, so boundaries are kept monotone
+                bounds.append(max(bounds[-1], start))
+            self._blocks[b] = (array("q", ids), bounds)  # compact: a cached stream keeps two blocks
+            if len(self._blocks) > 2:
+                self._blocks.popitem(last=False)
+        self._blocks.move_to_end(b)
+        return self._blocks[b]
+
+    def _locate(self, token: int) -> tuple[int, int]:
+        """(block, position in it) of token ``token`` (the last block's end for ``token == n_tokens``)."""
+        lo, hi = 0, len(self._starts) - 1
+        while lo < hi:  # the last block whose first token is <= token
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if self._starts[mid][1] <= token else (lo, mid - 1)
+        return lo, token - self._starts[lo][1]
+
+    def bound(self, token: int) -> int:
+        """Character position before token ``token`` (0 for the first, the text's end for ``n_tokens``)."""
+        if token <= 0:
+            return 0
+        if token >= self._n_tokens:
+            return len(self.text)
+        b, t = self._locate(token)
+        if t == 0:
+            return self._starts[b][0]
+        return self._block(b)[1][t]
+
+    def chunk(self, k: int) -> Chunk:
+        """Kept chunk ``k`` with its token ids."""
+        index, start, end = self._plan()[k]
+        pieces = _pieces(self.chunker.kept_spans(self._n_tokens), start, end)
+        text = "".join(self.text[self.bound(a) : self.bound(b)] for a, b in pieces)
+        ids: list[int] = []
+        for a, b in pieces:
+            while a < b:
+                blk, t = self._locate(a)
+                block_ids = self._block(blk)[0]
+                take = min(b - a, len(block_ids) - t)
+                ids += block_ids[t : t + take].tolist()
+                a += take
+        return Chunk(index, ids, text, pieces[0][0], pieces[-1][1])
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens in the whole text (runs the counting pass)."""
+        self._plan()
+        return self._n_tokens
+
+    @property
+    def windows(self) -> list[tuple[int, int, int]]:
+        """(index, start, end) of the kept windows, as ``TokenChunker.windows`` (runs the counting pass)."""
+        return self._plan()
+
+    def __len__(self) -> int:
+        return len(self._plan())
+
+    def __getitem__(self, k):  # type: ignore[override]
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        n = len(self)
+        if not -n <= k < n:
+            raise IndexError(f"chunk {k} of {n}")
+        index, start, end = self._windows[k % n]  # type: ignore[index]
+        pieces = _pieces(self.chunker.kept_spans(self._n_tokens), start, end)
+        return "".join(self.text[self.bound(a) : self.bound(b)] for a, b in pieces)

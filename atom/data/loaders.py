@@ -46,7 +46,7 @@ class DataConfig:
     It lives here, the lowest module that reads it, so that nothing in the package imports upward for it.
     """
 
-    dataset: str = "synthetic"  # hotpotqa | 2wiki | musique | synthetic
+    dataset: str = "synthetic"  # hotpotqa 2wiki musique synthetic jsonl longmemeval locomo memoryagentbench
     path: str = ""  # local file in the original format, or a datasets hub id (unused for synthetic)
     hub_config: str = ""  # datasets config name of a hub id ("" = default; hotpot_qa needs "distractor")
     hub_split: str = "validation"  # datasets split of a hub id
@@ -64,6 +64,7 @@ class DataConfig:
     max_chunks: int = 40  # centre-truncate contexts to this many chunks; 0 = never truncate
     chunk_margin: int = 0  # tokens of context added on both sides of each chunk (the release: 100)
     max_context_tokens: int = 0  # centre-truncate the context to this many tokens first (release: 160000); 0 = never
+    locomo_adversarial: bool = False  # LoCoMo: also ask category-5 adversarial questions (scored as abstention)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # the synthetic task (dataset=synthetic)
 
     def __post_init__(self) -> None:

@@ -44,7 +44,9 @@ class LongContextSample:
     documents: tuple[Paragraph, ...]  # in rendered order
     supporting_docs: tuple[tuple[int, ...], ...]  # per question: indices into documents of its supporting paragraphs
     supporting_facts: tuple[tuple[tuple[int, int], ...], ...]  # per question: (document index, sentence index)
-    context: str  # render(documents)
+    context: str  # render(documents); with raw_text, the source's own text
+    categories: tuple[str, ...] = ()  # per question: its category in the source (results per category); () = none
+    raw_text: bool = False  # context is one long text and documents its passages (not render(documents))
 
 
 def _block(i: int, paragraph: Paragraph) -> str:

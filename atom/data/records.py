@@ -1,7 +1,8 @@
 """The record types every dataset is converted into: a paragraph of sentences and a multi-hop QA record.
 
 HotpotQA, 2WikiMultihopQA, MuSiQue and the synthetic task all become ``QARecord``s, so the long-context
-builder, the oracle teacher and the metrics never look at a dataset's own layout.
+builder, the oracle teacher and the metrics never look at a dataset's own layout. The sample datasets (the
+generic JSONL, LongMemEval, LoCoMo, MemoryAgentBench) become ``LongContextSample``s directly.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ from dataclasses import dataclass
 
 from atom.errors import AtomError
 
-DATASETS = ("hotpotqa", "2wiki", "musique", "synthetic")
+# Question-record datasets (grouped and padded with distractors by ``build_samples``), then sample datasets whose
+# files already pair a context with its questions (``atom.data.samples``: the generic JSONL and memory benchmarks).
+RECORD_DATASETS = ("hotpotqa", "2wiki", "musique", "synthetic")
+SAMPLE_DATASETS = ("jsonl", "longmemeval", "locomo", "memoryagentbench")
+DATASETS = RECORD_DATASETS + SAMPLE_DATASETS
 
 
 class DataError(AtomError, ValueError):

@@ -22,6 +22,7 @@ from atom.agent.openai_client import ServerConfig
 from atom.agent.rollout import RolloutEngine, Trajectory, atommem_episode
 from atom.data.chunker import TokenChunker
 from atom.data.longcontext import LongContextSample
+from atom.eval.categories import by_category, category_table
 from atom.eval.judge import Judge, JudgeConfig, judge_summary
 from atom.eval.report import markdown_table, summarize, write_results
 from atom.eval.viewer import write_viewer
@@ -113,6 +114,8 @@ def evaluate(
         with tqdm(total=len(samples), desc=f"eval {method}", disable=not progress, leave=False) as bar:
             trajs = engine.run(samples, progress=lambda n, bar=bar: bar.update(n - bar.n))
         rows[method] = summarize(trajs, time.perf_counter() - start)
+        if any(s.categories for s in samples):  # LongMemEval / LoCoMo / MemoryAgentBench: results per category
+            rows[method]["by_category"] = by_category(trajs, samples)
         if hasattr(policy, "usage"):  # a served policy: the server's token counts and length-cut replies
             usage, n = policy.usage, max(len(trajs), 1)
             rows[method]["served"] = dataclasses.asdict(usage)
@@ -126,7 +129,10 @@ def evaluate(
         log.info("%s: EM %.1f F1 %.1f", method, rows[method]["em"], rows[method]["f1"])
     if out_dir is not None:
         write_results(out_dir, rows, trajectories, {"samples": len(samples), "methods": list(methods)})
-        chunks_of = lambda s: [c.text for c in chunker.chunks(s.context)]  # noqa: E731
+        if category_table(rows):
+            with open(Path(out_dir) / "results.md", "a") as f:
+                f.write("\n" + category_table(rows) + "\n")
+        chunks_of = lambda s: list(chunker.stream(s.context))  # noqa: E731
         write_viewer(Path(out_dir) / "trajectories.html", trajectories, samples, chunks_of=chunks_of)
     return rows, trajectories
 
