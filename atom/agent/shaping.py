@@ -66,7 +66,7 @@ def reward_terms(traj: Trajectory) -> dict[str, float]:
     context = stats.context_chars
     compression = 1.0 - stats.stored_chars / context if context else 0.0
     return {
-        "outcome": float(result.reward),
+        "outcome": float(traj.reward),
         "validity": executed / (executed + invalid) if executed + invalid else 1.0,
         "invalid": float(invalid),
         "cutoff": cut / len(turns) if turns else 0.0,
