@@ -211,3 +211,28 @@ def test_fit_command_under_fsdp_on_two_processes(tmp_path):
     assert "val/release_em" not in tags  # unboxed answers: the release scorer is 0 by construction, not logged
     assert len(events.Scalars("grpo/optimizer_steps")) == 1 and len(events.Scalars("val/em")) == 1
     assert (run / "checkpoints" / "grpo" / "last.ckpt" / "meta.pt").is_file()
+
+
+def test_sft_resumed_at_another_world_size_trains_on_the_rest_of_the_epoch(tmp_path):
+    """Killed after one optimizer step on two ranks (4 of 16 demonstrations), resumed on one: the 12 it had not
+    reached, each once. Counting batches per rank skipped 2 and repeated 2 of the first step's."""
+    rows = [
+        {"sample_id": f"s{i}", "reward": 1.0, "turns": [{
+            "messages": [{"role": "user", "content": f"Read chunk {i} and act."}],
+            "completion": f"<create>fact number {i} is {7 * i}</create>",
+        }]}
+        for i in range(16)
+    ]  # fmt: skip
+    (tmp_path / "demos.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    overrides = FSDP_TINY + [f"sft.demos={tmp_path / 'demos.jsonl'}", "run.stages=[sft]", "trainer.strategy=fsdp"]
+    for phase, devices in (("kill", 2), ("resume", 1)):
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "tests" / "resume_worker.py"), str(tmp_path), phase, *overrides,
+             f"trainer.devices={devices}"],
+            capture_output=True, text=True, timeout=600, cwd=ROOT,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    killed = [json.loads((tmp_path / f"seen_kill_rank{r}.json").read_text()) for r in (0, 1)]
+    resumed = json.loads((tmp_path / "seen_resume_rank0.json").read_text())
+    assert [len(k) for k in killed] == [2, 2] and len(resumed) == 12
+    assert sorted(killed[0] + killed[1] + resumed) == list(range(16))

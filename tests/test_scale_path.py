@@ -113,8 +113,9 @@ def test_evaluation_on_a_gpu_runs_a_compute_dtype_copy_in_kv_sized_batches(monke
     from atom.config import load_config
 
     monkeypatch.setattr(pipeline, "device_for", lambda trainer: torch.device("meta"))  # a non-CPU device
-    overrides = ["model.name_or_path=tiny", "data.synthetic.num_records=8", "data.num_docs=2", "sampling.batch_size=64",
-                 "trainer.precision=bf16-mixed", "model.max_context_tokens=1000", "eval.kv_cache_gb=0.0005"]  # fmt: skip
+    overrides = ["model.name_or_path=tiny", "data.synthetic.num_records=8", "data.num_docs=2",
+                 "sampling.batch_size=64", "trainer.precision=bf16-mixed", "model.max_context_tokens=1000",
+                 "eval.kv_cache_gb=0.0005"]  # fmt: skip
     p = pipeline.build(load_config(None, overrides))
     model = pipeline.load_policy(p)
     seen = {}
@@ -129,3 +130,27 @@ def test_evaluation_on_a_gpu_runs_a_compute_dtype_copy_in_kv_sized_batches(monke
     p.cfg.eval.kv_cache_gb = 0  # no budget: sampling.batch_size as configured
     pipeline.evaluate(model, p, tmp_path)
     assert seen["sampling"].batch_size == 64
+
+
+def test_a_loader_resumed_at_another_world_size_trains_on_exactly_the_rest_of_the_epoch():
+    from atom.data.datamodule import EpochShuffler
+    from atom.train.preemption import ResumableLoader
+
+    def loader(rank: int, world: int) -> ResumableLoader:
+        return ResumableLoader(list(range(16)), batch_size=2, sampler=EpochShuffler(16, 3, 2, rank, world),
+                               collate_fn=list)  # fmt: skip
+
+    everything = list(EpochShuffler(16, 3))
+    for before, after in ((2, 1), (1, 2), (2, 4)):
+        ranks = [loader(r, before) for r in range(before)]
+        seen = []
+        for one in ranks:  # one optimizer step: every rank's first batch, then a kill
+            seen += next(iter(one))
+        state = ranks[0].state_dict()  # the checkpoint holds rank zero's loader state
+        for r in range(after):
+            resumed = loader(r, after)
+            resumed.load_state_dict(state)
+            seen += [i for batch in resumed for i in batch]
+        # every demonstration, each once but for the wrap-around that fills the resumed run's last global batch
+        first, span = 2 * before, 2 * after
+        assert set(seen) == set(everything) and len(seen) == first + -(-(16 - first) // span) * span, (before, after)

@@ -52,6 +52,10 @@ class EpochShuffler(Sampler[int]):
     r iterates over its r-th slice of ``batch_size`` items (the permutation wraps around to fill the last global
     batch, so every rank runs as many batches). One process with ``accumulate = world`` therefore sees exactly
     the batches of the ranks, in rank order.
+
+    ``start`` (set by ``ResumableLoader`` when an epoch resumes) counts the items of the permutation all ranks
+    together already trained on: the rest of the epoch is cut into global batches from there, so a run resumed
+    at another world size trains on exactly the items the interrupted one had not reached.
     """
 
     def __init__(self, n: int, seed: int, batch_size: int = 1, rank: int = 0, world: int = 1):
@@ -59,7 +63,7 @@ class EpochShuffler(Sampler[int]):
             raise ValueError("EpochShuffler needs at least one item")
         self.n, self.seed, self.epoch = n, seed, 0
         self.batch_size, self.rank, self.world = batch_size, rank, world
-        self.start = 0  # leading indices of this rank's order to skip (a resumed epoch: ResumableLoader)
+        self.start = 0  # items of this epoch's permutation already trained on, by all ranks together
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -67,13 +71,13 @@ class EpochShuffler(Sampler[int]):
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.n, generator=generator).tolist()
-        if self.world > 1:
-            span = self.batch_size * self.world
-            total = len(self) * self.world
-            order = (order * -(-total // self.n))[:total]  # wrapped around to whole global batches
-            mine = self.rank * self.batch_size
-            order = [i for g in range(0, len(order), span) for i in order[g + mine :][: self.batch_size]]
-        return iter(order[self.start :])
+        if self.world == 1:
+            return iter(order[self.start :])
+        span = self.batch_size * self.world
+        total = -(-max(self.n - self.start, 0) // span) * span  # the rest of the epoch in whole global batches
+        stream = (order * -(-(self.start + total) // self.n))[self.start : self.start + total]  # wrapped around
+        mine = self.rank * self.batch_size
+        return iter([i for g in range(0, total, span) for i in stream[g + mine :][: self.batch_size]])
 
     def __len__(self) -> int:
         if self.world == 1:

@@ -7,9 +7,10 @@ damaged ``last.ckpt``.
   ``Interrupted``, so the command exits with status 128 + signal after one line that says how to resume. A
   second Ctrl+C stops at once without saving. Lightning's own SIGTERM handling is replaced while the stage
   trains: it stops at the same point but saves nothing and exits with status 0.
-- ``ResumableLoader`` lets Lightning resume a checkpoint taken in the middle of an epoch: it counts the batches
-  it served in the current epoch (saved in the checkpoint through Lightning's stateful-loader hook) and, on
-  resume, skips exactly those by index, so the resumed run sees the batches an uninterrupted one would.
+- ``ResumableLoader`` lets Lightning resume a checkpoint taken in the middle of an epoch: it counts the samples
+  all ranks trained on in the current epoch (saved in the checkpoint through Lightning's stateful-loader hook)
+  and, on resume, skips exactly those by index, so the resumed run sees the batches an uninterrupted one would,
+  and at another world size the rest of the epoch.
 - ``resume_checkpoint`` checks ``last.ckpt`` before Lightning loads it. A damaged one (truncated by a kill
   during the save, a full disk, a bad copy) is named together with the newest intact periodic checkpoint of
   the stage; ``trainer.resume_intact=true`` resumes from that one instead of stopping.
@@ -110,41 +111,51 @@ def save_swapped(trainer: L.Trainer, path: Path) -> None:
 
 
 class ResumableLoader(DataLoader):
-    """A DataLoader that Lightning can resume in the middle of an epoch: ``state_dict`` says how many batches
-    this epoch has served, and after ``load_state_dict`` the next pass over the same epoch starts after them.
-    A sampler with ``start`` (``EpochShuffler``) skips them by index; any other (e.g. Lightning's distributed
-    wrapper) has them loaded and dropped."""
+    """A DataLoader that Lightning can resume in the middle of an epoch: ``state_dict`` says how far this epoch
+    went (batches per rank, and samples over all ranks), and after ``load_state_dict`` the next pass over the same
+    epoch starts after them. A sampler with ``start`` (``EpochShuffler``) skips the samples all ranks trained on,
+    so a run resumed at another world size (another node count) trains on exactly the rest of the epoch; any
+    other sampler (e.g. Lightning's distributed wrapper) has this rank's batches loaded and dropped."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._served = 0  # batches handed out in the current pass, counting the skipped ones
+        self._samples = 0  # samples of the current pass trained on by all ranks together, counting the skipped
         self._epoch = 0
-        self._resume: tuple[int, int] | None = None  # (epoch, batches) from a checkpoint
+        self._resume: tuple[int, int, int | None] | None = None  # (epoch, batches, samples) from a checkpoint
 
     def __iter__(self):
         sampler = self.sampler
-        self._epoch, self._served = int(getattr(sampler, "epoch", 0)), 0
-        skip = self._resume[1] if self._resume is not None and self._resume[0] == self._epoch else 0
+        world = int(getattr(sampler, "world", 1))
+        self._epoch, self._served, self._samples = int(getattr(sampler, "epoch", 0)), 0, 0
+        skip, samples = 0, 0
+        if self._resume is not None and self._resume[0] == self._epoch:
+            skip = self._resume[1]
+            # checkpoints written before samples were counted: their world size is taken to be this one
+            samples = self._resume[2] if self._resume[2] is not None else skip * self.batch_size * world
         self._resume = None
         by_index = hasattr(sampler, "start")
         if by_index:
-            sampler.start, self._served = skip * self.batch_size, skip
+            sampler.start, self._samples = samples, samples
+            self._served = -(-samples // (self.batch_size * world))
         try:
             for i, batch in enumerate(super().__iter__()):
                 if not by_index and i < skip:
                     self._served += 1
                     continue
                 self._served += 1
+                self._samples += self.batch_size * world
                 yield batch
         finally:
             if by_index:
                 sampler.start = 0
 
     def state_dict(self) -> dict:
-        return {"epoch": self._epoch, "batches": self._served}
+        return {"epoch": self._epoch, "batches": self._served, "samples": self._samples}
 
     def load_state_dict(self, state: dict) -> None:
-        self._resume = (int(state["epoch"]), int(state["batches"]))
+        samples = state.get("samples")
+        self._resume = (int(state["epoch"]), int(state["batches"]), None if samples is None else int(samples))
 
 
 def _meta(path: Path) -> Path:
