@@ -182,6 +182,13 @@ def test_fsdp_checkpoints_hold_policy_and_optimizer_only(fsdp_run):
         assert periodic == ["grpo-epoch=1-step=2.ckpt"], periodic
 
 
+def test_under_fsdp_parameters_are_dtensor_shards_and_other_ranks_hold_meta_between_stages(fsdp_run):
+    for rank, seen in enumerate(fsdp_run.seen):
+        # every SFT batch and GRPO rollout ran on DTensor shards (and a plain generation copy)
+        assert seen["sharded"] and all(seen["sharded"]), rank
+        assert seen["meta_between_stages"], rank  # rank 0: real weights; ranks >= 1: meta tensors only
+
+
 def test_killed_and_resumed_fsdp_run_equals_an_uninterrupted_one(fsdp_run):
     one, resumed, straight = (_load(fsdp_run.out / f"grpo_{n}.pt") for n in ("b1", "b2", "a2"))
     _assert_same(resumed, straight, atol=1e-6)
@@ -189,7 +196,8 @@ def test_killed_and_resumed_fsdp_run_equals_an_uninterrupted_one(fsdp_run):
 
 
 def test_fit_command_under_fsdp_on_two_processes(tmp_path):
-    """python -m atom.fit experiments/quickstart.yaml trainer.strategy=fsdp trainer.devices=2 <tiny overrides>."""
+    """python -m atom.fit experiments/quickstart.yaml trainer.strategy=fsdp trainer.devices=2 <tiny overrides>, in
+    bf16-mixed with gradient checkpointing as the paper setting runs."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from .conftest import TINY_EXPERIMENT as EXPERIMENT_TINY
@@ -197,7 +205,8 @@ def test_fit_command_under_fsdp_on_two_processes(tmp_path):
     overrides = [o for o in EXPERIMENT_TINY if not o.startswith(("trainer.devices", "trainer.strategy"))]
     proc = subprocess.run(
         [sys.executable, "-m", "atom.fit", "experiments/quickstart.yaml", *overrides, f"run.out_dir={tmp_path}",
-         "trainer.strategy=fsdp", "trainer.devices=2", "grpo.prompts_per_step=2", "grpo.max_steps=1"],
+         "trainer.strategy=fsdp", "trainer.devices=2", "grpo.prompts_per_step=2", "grpo.max_steps=1",
+         "trainer.precision=bf16-mixed", "model.gradient_checkpointing=true"],  # the GPU path's numerics
         capture_output=True, text=True, timeout=600, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
