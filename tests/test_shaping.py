@@ -126,6 +126,7 @@ def test_several_updates_per_batch_really_clip_and_every_reward_term_is_logged(t
     pipeline.grpo(pipeline.load_policy(p), p)
     step = next(d for d in logged if "grpo/reward" in d)
     assert step["grpo/optimizer_steps"] == 4
+    assert "grpo/logp_diff" not in step  # old_logprobs=sampler: the sampler's log-probs are pi_old as they are
     assert step["grpo/clip_ratio"] > 0, step
     for term in ("outcome", "validity", "invalid", "cutoff", "compression", "memory"):
         assert f"grpo/reward_{term}" in step
@@ -133,3 +134,29 @@ def test_several_updates_per_batch_really_clip_and_every_reward_term_is_logged(t
     assert step["grpo/reward_cutoff"] == pytest.approx(1.0)
     expected = step["grpo/reward_outcome"] + 0.5 * step["grpo/reward_memory"] - 0.2 * step["grpo/reward_cutoff"]
     assert step["grpo/reward"] <= expected + 1e-6  # minus the (bounded) invalid penalty
+
+
+@pytest.mark.slow
+def test_pi_old_can_come_from_the_trainers_forward_and_the_gap_is_logged(tmp_path, monkeypatch):
+    """bf16-mixed: the log-probs recorded while sampling differ from the update's forward (the autocast decode
+    and the full forward round differently; docs/measurements/bench_cpu_precision.json: mean 0.034, max 0.20 per
+    token on SmolLM2). grpo.old_logprobs=trainer takes pi_old from a no-grad forward of the trainer in the
+    update's precision; grpo/logp_diff reports the per-token gap it replaced."""
+    from atom import pipeline
+    from atom.train.grpo import GRPOModule
+
+    from .test_grpo import TINY
+
+    monkeypatch.setattr(
+        Trajectory, "reward", property(lambda self: float(int(self.turns[0].reply.completion_ids.sum()) % 2))
+    )
+    logged: list[dict] = []
+    log_dict = GRPOModule.log_dict
+    monkeypatch.setattr(GRPOModule, "log_dict", lambda self, d, **kw: logged.append(dict(d)) or log_dict(self, d, **kw))
+    overrides = TINY + [f"run.out_dir={tmp_path}", "grpo.max_steps=1", "trainer.precision=bf16-mixed",
+                        "grpo.old_logprobs=trainer"]  # fmt: skip
+    p = pipeline.build(load_config(None, overrides))
+    pipeline.grpo(pipeline.load_policy(p), p)
+    step = next(d for d in logged if "grpo/reward" in d)
+    assert step["grpo/ratio_mean"] == pytest.approx(1.0, abs=1e-4)  # on-policy at the first update
+    assert step["grpo/logp_diff"] > 0  # the sampler's bf16 log-probs differed from the trainer's
