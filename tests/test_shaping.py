@@ -120,8 +120,9 @@ def test_several_updates_per_batch_really_clip_and_every_reward_term_is_logged(t
     logged: list[dict] = []
     log_dict = GRPOModule.log_dict
     monkeypatch.setattr(GRPOModule, "log_dict", lambda self, d, **kw: logged.append(dict(d)) or log_dict(self, d, **kw))
-    overrides = TINY + [f"run.out_dir={tmp_path}", "grpo.max_steps=1", "grpo.updates_per_batch=4", "grpo.lr=2e-2",
-                        "grpo.reward.memory=0.5", "grpo.reward.invalid_penalty=0.1", "grpo.reward.cutoff=0.2"]  # fmt: skip
+    shaping = ["grpo.reward.memory=0.5", "grpo.reward.invalid_penalty=0.1", "grpo.reward.cutoff=0.2"]
+    overrides = TINY + [f"run.out_dir={tmp_path}", "grpo.max_steps=1", "grpo.updates_per_batch=4", "grpo.lr=2e-2"]
+    overrides += shaping
     p = pipeline.build(load_config(None, overrides))
     pipeline.grpo(pipeline.load_policy(p), p)
     step = next(d for d in logged if "grpo/reward" in d)
