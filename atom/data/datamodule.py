@@ -162,6 +162,7 @@ class AtomDataModule(lightning.LightningDataModule):
         self.val_records: list[QARecord] = []
         self.train_samples: list[LongContextSample] = []
         self.val_samples: list[LongContextSample] = []
+        self.rl_samples: list[LongContextSample] = []  # GRPO's prompts when they differ from SFT's (synthetic.rl_seed)
         self._ready = False
 
     def setup(self, stage: str | None = None) -> None:
@@ -203,6 +204,15 @@ class AtomDataModule(lightning.LightningDataModule):
             train_pool = val_pool = paragraph_pool(self.records)
         self.train_samples = build_samples(self.train_records, self.cfg, train_pool, split="train")
         self.val_samples = build_samples(self.val_records, self.cfg, val_pool, split="val")
+        if self.cfg.dataset == "synthetic" and synthetic.rl_seed >= 0:
+            # GRPO on questions of a third world: neither SFT's demonstrations nor the evaluation's questions, so a
+            # held-out gain after GRPO is not a gain on SFT's memorised samples.
+            rl = dataclasses.replace(
+                synthetic, seed=synthetic.rl_seed, val_seed=-1, val_records=0, rl_seed=-1,
+                num_records=synthetic.rl_records or synthetic.num_records,
+            )  # fmt: skip
+            rl_records = generate(rl)
+            self.rl_samples = build_samples(rl_records, self.cfg, paragraph_pool(rl_records), split="rl")
         self._ready = True
 
     def _setup_samples(self) -> None:
@@ -250,8 +260,9 @@ class AtomDataModule(lightning.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         # A sampler, not a batch sampler: Lightning calls set_epoch (the rollout step) on a loader's sampler only.
-        sampler = RolloutSampler(len(self.train_samples), self.prompts_per_step, self.cfg.seed, *self._rank())
-        return DataLoader(self.train_samples, batch_size=len(sampler), sampler=sampler, collate_fn=collate_samples)
+        samples = self.rl_samples or self.train_samples  # GRPO's prompts (SFT reads train_samples directly)
+        sampler = RolloutSampler(len(samples), self.prompts_per_step, self.cfg.seed, *self._rank())
+        return DataLoader(samples, batch_size=len(sampler), sampler=sampler, collate_fn=collate_samples)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
