@@ -116,6 +116,10 @@ CASES = [
      r"sft.demos='{d}/none.jsonl': file not found; write one with python -m atom.collect"),
     ("bad sft.demos line", "atom.fit", ["sft.demos={d}/demos.jsonl", "run.stages=[sft]"], "good.yaml",
      r"{d}/demos.jsonl:1: not a trajectory record \(KeyError\('turns'\)\)"),
+    ("served model down", "atom.evaluate",
+     ["model.backend=openai", "model.server.base_url=http://127.0.0.1:9/v1", "model.server.retries=0",
+      "model.server.timeout_s=5"], "good.yaml",
+     r"model.server at http://127.0.0.1:9/v1: GET /models failed 1 times .*last error: "),
 ]  # fmt: skip
 
 
@@ -142,9 +146,11 @@ def test_bad_input_is_one_line_and_exit_status_2(files, capsys, case, command, a
     assert code == 2
     assert re.fullmatch(f"{command}: error: " + pattern.replace("{d}", re.escape(d)) + ".*", line), line
     # Nothing half-written: no results or checkpoints (a run.lock at most; the resolved config once the run
-    # started, for the demonstrations file, which the sft stage reads).
+    # started, for the demonstrations file, which the sft stage reads, and for the served model).
     written = {p.name for p in (files / "runs").rglob("*") if p.is_file()} if (files / "runs").exists() else set()
-    assert written <= ({"run.lock", "config.yaml"} if "sft.demos" in case else {"run.lock"}), written
+    # (The served model is only reached once the run has started: its resolved config is written by then.)
+    started = "sft.demos" in case or "served" in case
+    assert written <= ({"run.lock", "config.yaml"} if started else {"run.lock"}), written
 
 
 @pytest.mark.slow

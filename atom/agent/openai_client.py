@@ -22,6 +22,8 @@ from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from atom.errors import AtomError
+
 MODES = ("chat", "tokens")
 T = TypeVar("T")
 R = TypeVar("R")
@@ -48,8 +50,9 @@ class ServerConfig:
             raise ValueError("server.retries and server.backoff_s must be >= 0")
 
 
-class ServerError(RuntimeError):
-    """A request that still failed after its retries, or one that retrying cannot fix."""
+class ServerError(AtomError, RuntimeError):
+    """A request that still failed after its retries, or one that retrying cannot fix. Its message names the
+    server's URL; the entry points print it as one line and exit 2 (a server that is down is not a bug)."""
 
 
 class MalformedReply(ValueError):
@@ -116,6 +119,8 @@ class ServingClient:
                 with self._lock:
                     self.requests += 1
                 return out
+            except ServerError:
+                raise  # a nested request (GET /models for the model name) already failed and said why
             except Exception as exc:  # noqa: BLE001 - classified below, re-raised as ServerError
                 with self._lock:
                     self.failed_attempts += 1

@@ -28,6 +28,7 @@ from atom.agent.hf_policy import SamplingConfig, centre_truncate, encode_prompt
 from atom.agent.openai_client import MalformedReply, ServerConfig, ServerError, ServingClient, choice_of
 from atom.agent.prompts import Messages
 from atom.agent.rollout import Observation, Reply
+from atom.errors import AtomError
 
 
 @dataclass
@@ -39,7 +40,7 @@ class ServedUsage:
     truncated_prompts: int = 0  # tokens mode: prompts centre-truncated to max_prompt_tokens before sending
 
 
-class UnsupportedServer(RuntimeError):
+class UnsupportedServer(AtomError, RuntimeError):
     """The server answers, but not with what this mode needs (e.g. no log-probs in tokens mode): not retried."""
 
 
