@@ -204,3 +204,13 @@ def test_evaluate_runs_the_oracle_and_a_baseline_with_results_per_category(datas
     assert all(c["em"] == 100.0 for c in cats.values())
     assert sum(c["questions"] for c in cats.values()) == {"jsonl": 3, "longmemeval": 3, "locomo": 4}.get(dataset, 3)
     assert "| method | " in (out / "results.md").read_text().split("\n\n", 1)[1]  # the per-category table
+
+
+def test_jsonl_lines_end_only_at_newlines(tmp_path):
+    # json.dumps(..., ensure_ascii=False) writes U+2028, U+2029 and U+0085 raw inside strings: they are not line
+    # ends of a JSONL file (str.splitlines would cut the record there)
+    context = "The ferry leaves at 07:40.\u2028Tickets are sold on board.\x85 The captain is Odile Farrant.\u2029"
+    record = {"id": "u", "context": context, "question": "Who is the captain?", "answers": ["Odile Farrant"]}
+    path = _write(tmp_path / "u.jsonl", json.dumps(record, ensure_ascii=False) + "\n")
+    (sample,) = load("jsonl", path=path)
+    assert sample.context == context and sample.answers == (("Odile Farrant",),)

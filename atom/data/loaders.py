@@ -300,7 +300,8 @@ def _read_text(path: Path) -> str:
 
 def _jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     index = 0
-    for line_no, line in enumerate(_read_text(path).splitlines(), start=1):
+    # "\n" only: str.splitlines also cuts at U+2028 / U+2029 / U+0085, which JSON strings may hold raw
+    for line_no, line in enumerate(_read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -151,10 +151,14 @@ def with_spans(
 
 
 def numbered_lines(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, decoded object) of each non-blank line of a JSONL file; bad JSON names its line."""
+    """(line number, decoded object) of each non-blank line of a JSONL file; bad JSON names its line.
+
+    Lines end at a newline only: ``str.splitlines`` would also cut at U+2028, U+2029 and U+0085, which JSON strings
+    may hold raw (``json.dumps(..., ensure_ascii=False)`` writes them so).
+    """
     from atom.data.loaders import _read_text
 
-    for line_no, line in enumerate(_read_text(path).splitlines(), start=1):
+    for line_no, line in enumerate(_read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:
