@@ -214,3 +214,30 @@ def test_jsonl_lines_end_only_at_newlines(tmp_path):
     path = _write(tmp_path / "u.jsonl", json.dumps(record, ensure_ascii=False) + "\n")
     (sample,) = load("jsonl", path=path)
     assert sample.context == context and sample.answers == (("Odile Farrant",),)
+
+
+def test_sample_ids_are_unique_across_records(tmp_path):
+    # the rollout engine caches each sample's chunk stream by sample id: a repeated id would read the first
+    # record's context for the second's questions
+    lme = json.loads(FILES["longmemeval"].read_text())
+    path = _write(tmp_path / "twice.json", json.dumps([lme[0], lme[1], dict(lme[2], question_id="lme-0001")]))
+    with pytest.raises(DataError, match=r"record 2 \(id 'lme-0001'\): sample id 'longmemeval-lme-0001' repeats rec"):
+        load("longmemeval", path=path)
+    first = {"id": "a", "context": "x", "questions": [{"question": q, "answers": ["x"]} for q in ("q", "r")]}
+    second = {"id": "a-q1", "context": "y", "question": "s", "answers": ["y"]}
+    two = json.dumps(first) + "\n" + json.dumps(second) + "\n"
+    with pytest.raises(DataError, match=r"line 2 \(id 'a-q1'\): sample id 'jsonl-a-q1' repeats line 1's"):
+        load("jsonl", path=_write(tmp_path / "q.jsonl", two), max_questions=1)
+
+
+def test_odd_but_upstream_shaped_fields(tmp_path):
+    lme = json.loads(FILES["longmemeval"].read_text())
+    (six,) = load("longmemeval", path=_write(tmp_path / "f.json", json.dumps([dict(lme[1], answer=6.0)])))
+    assert six.answers == (("6",),)  # a float-typed whole number is written as the integer it is
+    bad = dict(lme[0], answer_session_ids=[["s-b"]])
+    with pytest.raises(DataError, match=r"record 0 \(id 'lme-0001'\): field 'answer_session_ids' must be a list of "):
+        load("longmemeval", path=_write(tmp_path / "ids.json", json.dumps([bad])))
+    locomo = json.loads(FILES["locomo"].read_text())
+    locomo[0]["qa"][0]["evidence"] = "D1:1"  # one dia_id as a bare string, not its characters
+    (conv,) = load("locomo", path=_write(tmp_path / "ev.json", json.dumps(locomo)))
+    assert facts(conv, 0) == ["Ilse: I signed up for a pottery class at the community centre!"]

@@ -62,7 +62,17 @@ def _need(raw: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any
 def _answer(value: Any, field: str, where: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)) or not str(value).strip():
         raise DataError(f"{where}: field '{field}' must be a non-empty string or number, got {value!r}")
+    if isinstance(value, float) and value.is_integer():  # 6.0 is the answer "6", not "6.0" (EM compares text)
+        value = int(value)
     return str(value)
+
+
+def _ids(raw: dict, key: str, n: int | None, where: str) -> list:
+    """Session ids: a list of strings or numbers (``n``: its required length), compared with ``in``."""
+    ids = raw[key] if n is None else raw.get(key, [None] * n)
+    if not isinstance(ids, list) or not all(isinstance(i, (str, int, type(None))) for i in ids):
+        raise DataError(f"{where}: field '{key}' must be a list of session ids (strings), got {ids!r:.80}")
+    return ids
 
 
 def _object(raw: Any, where: str) -> dict:
@@ -77,11 +87,12 @@ def longmemeval_samples(raw: Any, where: str, max_questions: int) -> list[LongCo
     qid = _need(raw, "question_id", str, where)
     sessions = _need(raw, "haystack_sessions", list, where)
     dates = _need(raw, "haystack_dates", list, where)
-    ids = raw.get("haystack_session_ids", [None] * len(sessions))
-    if len(dates) != len(sessions) or not isinstance(ids, list) or len(ids) != len(sessions):
+    ids = _ids(raw, "haystack_session_ids", len(sessions), where)
+    if len(dates) != len(sessions) or len(ids) != len(sessions):
         raise DataError(f"{where}: fields 'haystack_sessions', 'haystack_dates' and 'haystack_session_ids' must "
                         f"be lists of one length ({len(sessions)}, {len(dates)}, {len(ids)})")  # fmt: skip
-    wanted = set(_need(raw, "answer_session_ids", list, where))
+    _need(raw, "answer_session_ids", list, where)
+    wanted = set(_ids(raw, "answer_session_ids", None, where))
     documents, facts, docs = [], [], []
     for k, (session, date) in enumerate(zip(sessions, dates)):
         if not isinstance(session, list):
@@ -151,8 +162,12 @@ def locomo_samples(raw: Any, where: str, max_questions: int, adversarial: bool) 
             continue
         text = _need(qa, "question", str, here)
         answers = ABSTENTION_ANSWERS if category == 5 else (_answer(qa.get("answer"), "answer", here),)
+        evidence = qa.get("evidence") or []
+        evidence = [evidence] if isinstance(evidence, str) else evidence  # one dia_id, not its characters
+        if not isinstance(evidence, list):
+            raise DataError(f"{here}: field 'evidence' must be a list of dia_ids, got {type(evidence).__name__}")
         facts = []
-        for item in qa.get("evidence", []) or []:
+        for item in evidence:
             for dia_id in re.split(r"[;,\s]+", str(item).strip()):
                 if dia_id in position:
                     facts.append(position[dia_id])
@@ -210,7 +225,9 @@ def samples_from_rows(
 ) -> list[LongContextSample]:
     """Samples of ``cfg.dataset`` from its records in order (a file's or a hub split's), the first max_records."""
     out: list[LongContextSample] = []
+    seen: dict[str, int] = {}  # sample id -> its record: ids key the rollout engine's chunk cache and the split
     for index, raw in _take(enumerate(rows), cfg.max_records):
+        before = len(out)
         rid = raw.get({"longmemeval": "question_id", "locomo": "sample_id"}.get(cfg.dataset, "id")) if isinstance(
             raw, dict) else None  # fmt: skip
         where = _where(source, index, rid)
@@ -221,6 +238,11 @@ def samples_from_rows(
         else:
             sample_id = f"memoryagentbench-{split or stem}-{index}"
             out += mab_samples(raw, where, sample_id, split, cfg.max_questions)
+        for sample in out[before:]:
+            if sample.id in seen:
+                raise DataError(f"{where}: sample id {sample.id!r} repeats record {seen[sample.id]}'s; the ids of "
+                                "a file's records must be unique")  # fmt: skip
+            seen[sample.id] = index
     return out
 
 

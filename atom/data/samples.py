@@ -247,6 +247,7 @@ def load_jsonl(path: str | Path, max_records: int = 0, max_questions: int = 10) 
     """Samples of a generic JSONL file (first ``max_records`` lines with a record; 0 = all)."""
     path = Path(path)
     out, ids = [], set()
+    lines: dict[str, int] = {}  # sample id -> its line: "a" with 11 questions gives "a-q10", which another id can be
     for index, (line_no, raw) in enumerate(numbered_lines(path)):
         if max_records and index >= max_records:
             break
@@ -257,5 +258,10 @@ def load_jsonl(path: str | Path, max_records: int = 0, max_questions: int = 10) 
         if str(rid) in ids:
             raise DataError(f"{where}: field 'id' repeats an earlier line's id; sample ids must be unique")
         ids.add(str(rid))
-        out += jsonl_samples(raw, where, f"jsonl-{rid}", max_questions)
+        for sample in jsonl_samples(raw, where, f"jsonl-{rid}", max_questions):
+            if sample.id in lines:
+                raise DataError(f"{where}: sample id {sample.id!r} repeats line {lines[sample.id]}'s; give the line "
+                                "another 'id'")  # fmt: skip
+            lines[sample.id] = line_no
+            out.append(sample)
     return out
