@@ -145,9 +145,12 @@ def test_grpo_step_under_fsdp_equals_one_process_on_the_same_rollouts(fsdp_run, 
         model = restart_lora(model, p.cfg.model)
     model.load_state_dict(_load(fsdp_run.out / "grpo_start.pt"))
     trained = pipeline.grpo(model, p)
-    # token_mean normalises by the global token count, so the ranks' losses add up to the one-process loss.
-    fsdp_loss = sum(s["grpo_metrics"][0]["grpo/loss"] for s in fsdp_run.seen)
-    assert metrics[0]["grpo/loss"] == pytest.approx(fsdp_loss, abs=1e-5)
+    # The losses are ~0 by construction (ratio 1, advantages of mean zero per group), so they cannot tell the two
+    # runs apart; the gradient can. token_mean normalises by the global token count, so the sharded ranks'
+    # gradients add up to the one-process gradient: the global norm before clipping is the same.
+    fsdp_norms = [s["grpo_metrics"][0]["grpo/grad_norm"] for s in fsdp_run.seen]
+    assert metrics[0]["grpo/grad_norm"] > 1e-3
+    assert fsdp_norms == pytest.approx([metrics[0]["grpo/grad_norm"]] * 2, rel=1e-4)
     start, after = _load(fsdp_run.out / "grpo_start.pt"), _load(fsdp_run.out / "grpo_b1.pt")
     moved = [k for k in start if not torch.equal(start[k], after[k])]
     assert moved and (fsdp_run.kind == "full" or all("lora_" in k for k in moved))
