@@ -39,14 +39,14 @@ FSDP_TINY = [o for o in TINY if not o.startswith(("run.stages", "grpo.group_size
 LORA = ["model.lora.enabled=true", "model.lora.r=4", "model.lora.alpha=8", "sft.lr=5e-2", "grpo.lr=5e-2"]
 
 
-def _demos(path: Path) -> Path:
-    """Eight one-turn demonstrations: a whole number of global batches (2 ranks x sft.batch_size 2)."""
+def _demos(path: Path, n: int = 8) -> Path:
+    """``n`` one-turn demonstrations (8: a whole number of global batches, 2 ranks x sft.batch_size 2)."""
     rows = [
         {"sample_id": f"s{i}", "reward": 1.0, "turns": [{
             "messages": [{"role": "user", "content": f"Read chunk {i} and act."}],
             "completion": f"<create>fact number {i} is {7 * i}</create>",
         }]}
-        for i in range(8)
+        for i in range(n)
     ]  # fmt: skip
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -228,15 +228,8 @@ def test_fit_command_under_fsdp_on_two_processes(tmp_path):
 def test_sft_resumed_at_another_world_size_trains_on_the_rest_of_the_epoch(tmp_path):
     """Killed after one optimizer step on two ranks (4 of 16 demonstrations), resumed on one: the 12 it had not
     reached, each once. Counting batches per rank skipped 2 and repeated 2 of the first step's."""
-    rows = [
-        {"sample_id": f"s{i}", "reward": 1.0, "turns": [{
-            "messages": [{"role": "user", "content": f"Read chunk {i} and act."}],
-            "completion": f"<create>fact number {i} is {7 * i}</create>",
-        }]}
-        for i in range(16)
-    ]  # fmt: skip
-    (tmp_path / "demos.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    overrides = FSDP_TINY + [f"sft.demos={tmp_path / 'demos.jsonl'}", "run.stages=[sft]", "trainer.strategy=fsdp"]
+    demos = _demos(tmp_path / "demos.jsonl", n=16)
+    overrides = FSDP_TINY + [f"sft.demos={demos}", "run.stages=[sft]", "trainer.strategy=fsdp"]
     for phase, devices in (("kill", 2), ("resume", 1)):
         proc = subprocess.run(
             [sys.executable, str(ROOT / "tests" / "resume_worker.py"), str(tmp_path), phase, *overrides,
