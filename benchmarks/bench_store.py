@@ -23,7 +23,11 @@ import sys
 import time
 from pathlib import Path
 
+# isort: off
+import torch  # noqa: F401  (before hnswlib: see atom/memory/store.py)
 import hnswlib
+
+# isort: on
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing atom

@@ -432,3 +432,15 @@ TestStoreHnswPath = pytest.mark.slow(
 TestStoreMixedPaths = pytest.mark.slow(
     make_machine(MemoryConfig(embedder="hash", exact_below=6, initial_capacity=4)).TestCase
 )
+
+
+def test_torch_is_imported_before_hnswlib():
+    """On a CUDA image (torch 2.11+cu130, hnswlib built from source there) `import hnswlib` before torch made the
+    later torch import segfault; every atom entry point reaches hnswlib through atom.memory.store, which imports
+    torch first. A fresh interpreter shows the order in which the modules were first imported."""
+    import subprocess
+    import sys
+
+    code = "import sys, atom.memory; m = list(sys.modules); print(m.index('torch') < m.index('hnswlib'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"

@@ -28,7 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# torch before hnswlib: on a CUDA image (torch 2.11+cu130, hnswlib built there from source) importing hnswlib
+# first makes the later torch import segfault in torch/_ops.py; this order imports cleanly (measured on an H200)
+# isort: off
+import torch  # noqa: F401  (import order only)
 import hnswlib
+
+# isort: on
 import numpy as np
 
 from atom.memory.embedder import Embedder, MemoryConfig
