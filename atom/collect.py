@@ -16,13 +16,13 @@ import json
 import logging
 
 from atom import pipeline
-from atom.agent.hf_policy import HFPolicy
-from atom.agent.openai_policy import OpenAIPolicy
-from atom.agent.oracle import OraclePolicy
 from atom.cli import entry_point
 from atom.cli import parser as cli_parser
 from atom.config import ConfigError, load_config
 from atom.eval.judge import build_judge
+from atom.policy.hf import HFPolicy
+from atom.policy.openai_policy import OpenAIPolicy
+from atom.policy.oracle import OraclePolicy
 from atom.train.collection import collect
 
 

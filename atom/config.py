@@ -21,15 +21,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from atom.agent.episode import AgentConfig
-from atom.agent.hf_policy import SamplingConfig
 from atom.data.loaders import DataConfig
+from atom.env.episode import AgentConfig
 from atom.errors import AtomError
 from atom.eval.harness import EvalConfig
 from atom.eval.sweep import SweepConfig
 from atom.memory.embedder import MemoryConfig
+from atom.policy.hf import SamplingConfig
+from atom.policy.models import ModelConfig
 from atom.train.grpo import GRPOConfig
-from atom.train.models import ModelConfig
 from atom.train.sft import SFTConfig
 from atom.train.trainer import TrainerConfig
 

@@ -19,8 +19,8 @@ from atom.config import Config, load_config, save_config
 from atom.data.records import SAMPLE_DATASETS
 from atom.eval.categories import category_table
 from atom.eval.report import markdown_table
+from atom.policy.models import check_model_dir
 from atom.rundir import eval_dir
-from atom.train.models import check_model_dir
 
 
 def run(cfg: Config, progress: bool = True, tag: str = "", overwrite: bool = False) -> dict[str, dict]:

@@ -26,17 +26,17 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from atom.agent.oracle import OraclePolicy
-from atom.agent.rollout import RolloutEngine, atommem_episode
 from atom.config import Config
 from atom.data.chunker import TokenChunker
 from atom.data.datamodule import AtomDataModule
 from atom.data.records import DataError
+from atom.env.rollout import RolloutEngine, atommem_episode
 from atom.eval import harness
 from atom.eval.judge import build_judge
 from atom.memory.embedder import Embedder, build_embedder
+from atom.policy.models import context_window, load_model, load_tokenizer, restart_lora
+from atom.policy.oracle import OraclePolicy
 from atom.train.grpo import GRPOModule
-from atom.train.models import context_window, load_model, load_tokenizer, restart_lora
 from atom.train.sft import DemoDataModule, SFTModule, demos_from_trajectories, read_demos
 from atom.train.sharding import materialize, stream_full_weights
 from atom.train.trainer import TrainerConfig, build_trainer, detect_launch, resume_path
@@ -184,12 +184,12 @@ def grpo(model, p: Pieces, restart_adapters: bool = False):
 
 
 def vllm_engine_factory(p: Pieces, model):
-    """Builds this rank's colocated vLLM engine (``atom.agent.vllm_engine``) for the configured model's weights;
+    """Builds this rank's colocated vLLM engine (``atom.policy.vllm_engine``) for the configured model's weights;
     called by GRPO on first use, once the process group exists."""
 
     def make():
-        from atom.agent.vllm_engine import build_vllm_policy
-        from atom.train.models import pretrained_dir
+        from atom.policy.models import pretrained_dir
+        from atom.policy.vllm_engine import build_vllm_policy
 
         try:
             source = str(pretrained_dir(p.cfg.model))

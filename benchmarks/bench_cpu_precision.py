@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from atom import pipeline  # noqa: E402
-from atom.agent.hf_policy import HFPolicy, SamplingConfig, encode_prompt  # noqa: E402
-from atom.agent.oracle import OraclePolicy  # noqa: E402
 from atom.config import load_config  # noqa: E402
+from atom.policy.hf import HFPolicy, SamplingConfig, encode_prompt  # noqa: E402
+from atom.policy.oracle import OraclePolicy  # noqa: E402
 from atom.train.batches import TurnSequence, micro_batches, pad_batch, shared_prefix, token_logprobs  # noqa: E402
 from atom.train.trainer import cpu_flags  # noqa: E402
 

@@ -36,9 +36,9 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from transformers import GenerationConfig  # noqa: E402
 
 from atom import pipeline  # noqa: E402
-from atom.agent.hf_policy import encode_prompt  # noqa: E402
-from atom.agent.oracle import OraclePolicy  # noqa: E402
 from atom.config import load_config  # noqa: E402
+from atom.policy.hf import encode_prompt  # noqa: E402
+from atom.policy.oracle import OraclePolicy  # noqa: E402
 
 
 def main() -> None:

@@ -74,12 +74,12 @@ def synthetic_sample(n_tokens: int, tokens_per_char: float = 0.24):
 
 def run_one(n_tokens: int) -> dict:
     """One length in this process: build, read with the oracle, measure."""
-    from atom.agent.episode import AgentConfig
-    from atom.agent.oracle import OraclePolicy
-    from atom.agent.rollout import RolloutEngine, atommem_episode
     from atom.data.chunker import TokenChunker
+    from atom.env.episode import AgentConfig
+    from atom.env.rollout import RolloutEngine, atommem_episode
     from atom.memory.embedder import MemoryConfig, build_embedder
-    from atom.train.models import ModelConfig, load_tokenizer
+    from atom.policy.models import ModelConfig, load_tokenizer
+    from atom.policy.oracle import OraclePolicy
 
     tokenizer = load_tokenizer(ModelConfig(name_or_path="tiny"))
     memory = MemoryConfig(embedder="hash", hash_dim=64)
@@ -111,7 +111,7 @@ def eager_peak(n_tokens: int) -> dict:
     """The same sample cut by the whole-text tokenization (``TokenChunker.chunks``, what episodes read before the
     stream): the reference the lazy stream is measured against."""
     from atom.data.chunker import TokenChunker
-    from atom.train.models import ModelConfig, load_tokenizer
+    from atom.policy.models import ModelConfig, load_tokenizer
 
     chunker = TokenChunker(load_tokenizer(ModelConfig(name_or_path="tiny")), CHUNK_TOKENS, OVERLAP, max_chunks=0)
     sample = synthetic_sample(n_tokens)

@@ -23,18 +23,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from atom.agent.episode import AgentConfig  # noqa: E402
-from atom.agent.hf_policy import HFPolicy, SamplingConfig  # noqa: E402
-from atom.agent.rollout import RolloutEngine, atommem_episode  # noqa: E402
 from atom.data.chunker import TokenChunker  # noqa: E402
 from atom.data.loaders import DataConfig  # noqa: E402
 from atom.data.longcontext import build_samples  # noqa: E402
 from atom.data.synthetic import SyntheticConfig, generate  # noqa: E402
+from atom.env.episode import AgentConfig  # noqa: E402
+from atom.env.rollout import RolloutEngine, atommem_episode  # noqa: E402
 from atom.memory.embedder import (
     MemoryConfig,  # noqa: E402
     build_embedder,  # noqa: E402
 )
-from atom.train.models import ModelConfig, load_model, load_tokenizer  # noqa: E402
+from atom.policy.hf import HFPolicy, SamplingConfig  # noqa: E402
+from atom.policy.models import ModelConfig, load_model, load_tokenizer  # noqa: E402
 
 
 def main() -> None:

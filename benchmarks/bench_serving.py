@@ -26,19 +26,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from atom.agent.episode import AgentConfig  # noqa: E402
-from atom.agent.hf_policy import HFPolicy, SamplingConfig  # noqa: E402
-from atom.agent.openai_client import ServerConfig  # noqa: E402
-from atom.agent.openai_policy import OpenAIPolicy  # noqa: E402
-from atom.agent.rollout import RolloutEngine, atommem_episode  # noqa: E402
 from atom.data.chunker import TokenChunker  # noqa: E402
 from atom.data.datamodule import DataConfig  # noqa: E402
 from atom.data.longcontext import build_samples  # noqa: E402
 from atom.data.synthetic import SyntheticConfig, generate  # noqa: E402
+from atom.env.episode import AgentConfig  # noqa: E402
+from atom.env.rollout import RolloutEngine, atommem_episode  # noqa: E402
 from atom.eval.report import summarize  # noqa: E402
 from atom.memory.embedder import build_embedder  # noqa: E402
 from atom.memory.store import MemoryConfig  # noqa: E402
-from atom.train.models import ModelConfig, load_model, load_tokenizer, pretrained_dir  # noqa: E402
+from atom.policy.hf import HFPolicy, SamplingConfig  # noqa: E402
+from atom.policy.models import ModelConfig, load_model, load_tokenizer, pretrained_dir  # noqa: E402
+from atom.policy.openai_client import ServerConfig  # noqa: E402
+from atom.policy.openai_policy import OpenAIPolicy  # noqa: E402
 
 
 def start_server(model_dir: str, threads: int) -> tuple[subprocess.Popen, str]:

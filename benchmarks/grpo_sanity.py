@@ -26,13 +26,13 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 
-from atom.agent.hf_policy import HFPolicy, SamplingConfig  # noqa: E402
-from atom.agent.rollout import RolloutEngine  # noqa: E402
 from atom.data.chunker import TokenChunker  # noqa: E402
+from atom.env.rollout import RolloutEngine  # noqa: E402
 from atom.eval.stats import paired_test  # noqa: E402
 from atom.memory.embedder import MemoryConfig, build_embedder  # noqa: E402
+from atom.policy.hf import HFPolicy, SamplingConfig  # noqa: E402
+from atom.policy.models import ModelConfig, load_model, load_tokenizer  # noqa: E402
 from atom.train.grpo import GRPOConfig, GRPOModule  # noqa: E402
-from atom.train.models import ModelConfig, load_model, load_tokenizer  # noqa: E402
 from atom.train.sanity import FactData, FactEpisode, fact_samples  # noqa: E402
 
 

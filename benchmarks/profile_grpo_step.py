@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from atom import pipeline  # noqa: E402
-from atom.agent.hf_policy import HFPolicy  # noqa: E402
 from atom.config import load_config  # noqa: E402
+from atom.policy.hf import HFPolicy  # noqa: E402
 from atom.train.batches import micro_batches, pad_batch, shared_prefix, token_logprobs  # noqa: E402
 from atom.train.grpo import turn_sequences  # noqa: E402
 from atom.train.losses import group_advantages, grpo_loss  # noqa: E402

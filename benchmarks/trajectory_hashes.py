@@ -22,16 +22,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing atom
 
-from atom.agent.episode import AgentConfig  # noqa: E402
-from atom.agent.oracle import OraclePolicy  # noqa: E402
-from atom.agent.rollout import Reply, RolloutEngine  # noqa: E402
 from atom.data.chunker import TokenChunker  # noqa: E402
 from atom.data.loaders import DataConfig  # noqa: E402
 from atom.data.longcontext import build_samples  # noqa: E402
 from atom.data.synthetic import SyntheticConfig, generate  # noqa: E402
+from atom.env.episode import AgentConfig  # noqa: E402
+from atom.env.rollout import Reply, RolloutEngine  # noqa: E402
 from atom.eval.harness import EvalConfig, episode_factory  # noqa: E402
 from atom.memory.embedder import MemoryConfig, build_embedder  # noqa: E402
-from atom.train.models import ModelConfig, load_tokenizer  # noqa: E402
+from atom.policy.models import ModelConfig, load_tokenizer  # noqa: E402
+from atom.policy.oracle import OraclePolicy  # noqa: E402
 
 
 class ScriptedPolicy:

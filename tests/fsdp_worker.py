@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from atom import pipeline
-from atom.agent.rollout import Trajectory
 from atom.config import load_config
+from atom.env.rollout import Trajectory
+from atom.policy.models import restart_lora
 from atom.train.grpo import GRPOModule
-from atom.train.models import restart_lora
 from atom.train.sft import SFTModule
 from atom.train.sharding import meta_copy
 

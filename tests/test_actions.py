@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from atom.agent.actions import ACTION_KINDS, Action, parse_actions, render_action
+from atom.env.actions import ACTION_KINDS, Action, parse_actions, render_action
 
 
 def C(text: str) -> Action:

@@ -6,14 +6,14 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from atom.agent import baselines
-from atom.agent.baselines import CUT_MARKER, document_text, parse_answer
-from atom.agent.episode import ANSWER, READ, AgentConfig
-from atom.agent.rollout import Reply, RolloutEngine
 from atom.data.chunker import TokenChunker
 from atom.data.loaders import DataConfig
 from atom.data.longcontext import build_samples
 from atom.data.synthetic import SyntheticConfig, generate
+from atom.env import baselines
+from atom.env.baselines import CUT_MARKER, document_text, parse_answer
+from atom.env.episode import ANSWER, READ, AgentConfig
+from atom.env.rollout import Reply, RolloutEngine
 from atom.memory.embedder import HashEmbedder, MemoryConfig
 
 MEM = MemoryConfig(embedder="hash", hash_dim=256)
@@ -182,9 +182,9 @@ def test_llm_call_cap_ends_a_baseline_episode(samples):
 
 
 def test_every_episode_kind_implements_the_episode_protocol_and_gives_its_view(samples):
-    from atom.agent.episode import Episode
-    from atom.agent.oracle import OraclePolicy
-    from atom.agent.rollout import atommem_episode
+    from atom.env.episode import Episode
+    from atom.env.rollout import atommem_episode
+    from atom.policy.oracle import OraclePolicy
 
     sample = samples[0]
     factories = {

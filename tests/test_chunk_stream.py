@@ -8,7 +8,7 @@ import random
 import pytest
 
 from atom.data.chunker import TokenChunker
-from atom.train.models import ModelConfig, load_tokenizer
+from atom.policy.models import ModelConfig, load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +67,13 @@ def test_the_tokenizer_never_sees_more_than_a_block(tokenizer):
 
 
 def test_episodes_read_the_engine_stream(tokenizer):
-    from atom.agent.episode import AgentConfig
-    from atom.agent.oracle import OraclePolicy
-    from atom.agent.rollout import RolloutEngine, atommem_episode
     from atom.data.chunker import ChunkStream
     from atom.data.loaders import DataConfig
     from atom.data.memory_benchmarks import load_samples
+    from atom.env.episode import AgentConfig
+    from atom.env.rollout import RolloutEngine, atommem_episode
     from atom.memory.embedder import MemoryConfig, build_embedder
+    from atom.policy.oracle import OraclePolicy
 
     from .conftest import FIXTURES
 

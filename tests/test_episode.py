@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from atom.agent.episode import ANSWER, READ, AgentConfig, AtomMemEpisode
 from atom.data.longcontext import LongContextSample
 from atom.data.records import Paragraph
+from atom.env.episode import ANSWER, READ, AgentConfig, AtomMemEpisode
 from atom.memory.embedder import HashEmbedder, MemoryConfig
 from atom.memory.store import MemoryStore
 
@@ -127,7 +127,7 @@ def test_the_release_reward_without_boxed_answers_is_refused_with_the_fix():
 
 
 def test_tables_print_no_release_em_for_answers_that_were_not_asked_boxed():
-    from atom.agent.rollout import Trajectory
+    from atom.env.rollout import Trajectory
     from atom.eval.report import markdown_table, summarize
 
     def row(**agent):
@@ -262,8 +262,8 @@ def test_the_view_is_a_frozen_copy_that_agrees_with_the_prompt_whatever_the_call
     ],
 )
 def test_system_prompt_shows_each_enabled_op_as_a_placeholder_none_copyable(ops) -> None:
-    from atom.agent.actions import parse_actions
-    from atom.agent.prompts import system_prompt
+    from atom.env.actions import parse_actions
+    from atom.env.prompts import system_prompt
 
     text = system_prompt(ops)
     parsed = parse_actions(text)
@@ -274,9 +274,9 @@ def test_system_prompt_shows_each_enabled_op_as_a_placeholder_none_copyable(ops)
 
 @pytest.mark.parametrize("boxed", [False, True])
 def test_answer_prompts_hold_no_copyable_action(boxed) -> None:
-    from atom.agent.actions import parse_actions
-    from atom.agent.prompts import answer_prompt, context_answer_prompt
-    from atom.agent.rewards import extract_boxed
+    from atom.env.actions import parse_actions
+    from atom.env.prompts import answer_prompt, context_answer_prompt
+    from atom.env.rewards import extract_boxed
 
     for text in (
         answer_prompt("Who?", "", "q", [], reads_left=2, max_memory_chars=100, boxed=boxed),

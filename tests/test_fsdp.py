@@ -126,7 +126,7 @@ def test_sft_under_fsdp_equals_one_process_with_the_same_batches(fsdp_run, tmp_p
 
 
 def test_grpo_step_under_fsdp_equals_one_process_on_the_same_rollouts(fsdp_run, tmp_path, monkeypatch):
-    from atom.agent.rollout import Trajectory
+    from atom.env.rollout import Trajectory
 
     monkeypatch.setattr(
         Trajectory, "reward", property(lambda self: float(int(self.turns[0].reply.completion_ids.sum()) % 2))
@@ -140,7 +140,7 @@ def test_grpo_step_under_fsdp_equals_one_process_on_the_same_rollouts(fsdp_run, 
     p = _one_process(fsdp_run, tmp_path, ["grpo.max_steps=1"])
     model = pipeline.load_policy(p)
     if fsdp_run.kind == "lora":
-        from atom.train.models import restart_lora
+        from atom.policy.models import restart_lora
 
         model = restart_lora(model, p.cfg.model)
     model.load_state_dict(_load(fsdp_run.out / "grpo_start.pt"))

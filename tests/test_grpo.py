@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from atom import pipeline
-from atom.agent.hf_policy import HFPolicy, SamplingConfig
-from atom.agent.rollout import Observation, Trajectory
 from atom.config import load_config
 from atom.data.datamodule import RolloutSampler
+from atom.env.rollout import Observation, Trajectory
+from atom.policy.hf import HFPolicy, SamplingConfig
 from atom.train.batches import TurnSequence, pad_batch, token_logprobs
 
 from .conftest import TINY_SYNTHETIC

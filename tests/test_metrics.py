@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atom.agent.rewards import exact_match, extract_boxed, f1_score, normalize_answer, score_questions
+from atom.env.rewards import exact_match, extract_boxed, f1_score, normalize_answer, score_questions
 
 
 @pytest.mark.parametrize(

@@ -8,11 +8,11 @@ import socket
 import pytest
 import torch
 
-from atom.agent.hf_policy import SamplingConfig, centre_truncate, encode_prompt
-from atom.agent.openai_client import ServerConfig, ServerError
-from atom.agent.openai_policy import OpenAIPolicy, UnsupportedServer, with_strategy
-from atom.agent.rollout import Observation
+from atom.env.rollout import Observation
 from atom.eval.judge import Judge, JudgeConfig, judge_summary, judged_reward, parse_verdict
+from atom.policy.hf import SamplingConfig, centre_truncate, encode_prompt
+from atom.policy.openai_client import ServerConfig, ServerError
+from atom.policy.openai_policy import OpenAIPolicy, UnsupportedServer, with_strategy
 from atom.train.collection import collect, done_counts
 from tests.openai_fakes import FakeServer, chat_reply, vllm_completion
 
@@ -90,7 +90,7 @@ def test_served_model_name_is_asked_once_when_the_config_leaves_it_empty():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from atom.train.models import ModelConfig, load_tokenizer
+    from atom.policy.models import ModelConfig, load_tokenizer
 
     return load_tokenizer(ModelConfig(name_or_path="tiny"))
 

@@ -8,17 +8,17 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from atom.agent.actions import parse_actions
-from atom.agent.episode import ANSWER, AgentConfig, AtomMemEpisode
-from atom.agent.oracle import OraclePolicy, sample_facts
-from atom.agent.rollout import RolloutEngine, atommem_episode
 from atom.data.chunker import TokenChunker
 from atom.data.loaders import DataConfig, load_records
 from atom.data.longcontext import LongContextSample, build_samples, render
 from atom.data.records import Paragraph
 from atom.data.synthetic import SyntheticConfig, generate
+from atom.env.actions import parse_actions
+from atom.env.episode import ANSWER, AgentConfig, AtomMemEpisode
+from atom.env.rollout import RolloutEngine, atommem_episode
 from atom.memory.embedder import HashEmbedder, MemoryConfig
 from atom.memory.store import MemoryStore
+from atom.policy.oracle import OraclePolicy, sample_facts
 
 from .conftest import FIXTURE_FILES, REAL_FILES
 

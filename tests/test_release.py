@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from atom.agent.episode import ANSWER, DONE, READ, AgentConfig, AtomMemEpisode
-from atom.agent.oracle import OraclePolicy
-from atom.agent.release import INITIAL_QUERY, NO_MEMORY, ReleaseRules, parse_release, to_release_reply
-from atom.agent.rollout import RolloutEngine, atommem_episode
 from atom.data.chunker import TokenChunker
 from atom.data.loaders import DataConfig, load_records
 from atom.data.longcontext import build_samples
+from atom.env.episode import ANSWER, DONE, READ, AgentConfig, AtomMemEpisode
+from atom.env.release import INITIAL_QUERY, NO_MEMORY, ReleaseRules, parse_release, to_release_reply
+from atom.env.rollout import RolloutEngine, atommem_episode
 from atom.eval.report import summarize
 from atom.memory.embedder import HashEmbedder, MemoryConfig
 from atom.memory.store import Entry, MemoryStore
+from atom.policy.oracle import OraclePolicy
 
 from .conftest import REAL_FILES
 from .test_episode import make_sample

@@ -7,15 +7,15 @@ import dataclasses
 import pytest
 import torch
 
-from atom.agent.episode import AgentConfig
-from atom.agent.hf_policy import HFPolicy, SamplingConfig
-from atom.agent.rollout import Observation, Reply, RolloutEngine, Turn, atommem_episode
 from atom.data.chunker import TokenChunker
 from atom.data.loaders import DataConfig
 from atom.data.longcontext import build_samples
 from atom.data.synthetic import SyntheticConfig, generate
+from atom.env.episode import AgentConfig
+from atom.env.rollout import Observation, Reply, RolloutEngine, Turn, atommem_episode
 from atom.memory.embedder import HashEmbedder, MemoryConfig
-from atom.train.models import ModelConfig, load_model, load_tokenizer
+from atom.policy.hf import HFPolicy, SamplingConfig
+from atom.policy.models import ModelConfig, load_model, load_tokenizer
 
 MEM = MemoryConfig(embedder="hash", hash_dim=64)
 
@@ -216,8 +216,8 @@ def test_html_viewer_escapes_model_text(tiny, samples, tmp_path):
 
 
 def test_truncated_prompts_are_flagged_by_the_policy_and_counted_per_episode(tiny, samples):
-    from atom.agent.hf_policy import encode_prompt
     from atom.eval.report import summarize
+    from atom.policy.hf import encode_prompt
 
     model, tok = tiny
     full = [len(encode_prompt(tok, m)) for m in MESSAGES]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from atom.agent.episode import Episode
+from atom.env.episode import Episode
 from atom.eval.stats import paired_test
 from atom.train.sanity import CITIES, FactEpisode, fact_samples, first_city
 

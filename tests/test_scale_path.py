@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from atom.agent.hf_policy import SamplingConfig
+from atom.policy.hf import SamplingConfig
+from atom.policy.models import ModelConfig, _tiny_model, load_tokenizer
 from atom.train.batches import TurnSequence
 from atom.train.grpo import GRPOConfig, GRPOModule
-from atom.train.models import ModelConfig, _tiny_model, load_tokenizer
 from atom.train.sharding import FSDP2Strategy
 
 

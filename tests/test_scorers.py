@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from atom.agent.rewards import exact_match
-from atom.agent.scorers import (
+from atom.env.rewards import exact_match
+from atom.env.scorers import (
     release_answer_text,
     release_boxed,
     release_flat_score,

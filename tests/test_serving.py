@@ -54,7 +54,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(base URL, served model name) of a ``transformers serve`` process serving the embedded SmolLM2."""
-    from atom.train.models import ModelConfig, pretrained_dir
+    from atom.policy.models import ModelConfig, pretrained_dir
 
     model_dir = str(pretrained_dir(ModelConfig()))
     port = _free_port()

@@ -176,7 +176,7 @@ def test_collect_writes_trajectories_that_sft_reads_back_filtered(tmp_path, caps
 
 @pytest.mark.slow
 def test_grpo_after_lora_sft_starts_with_its_kl_reference_equal_to_the_sft_policy(tmp_path):
-    from atom.train.models import restart_lora
+    from atom.policy.models import restart_lora
 
     lora = ["model.lora.enabled=true", "model.lora.r=4", "model.lora.alpha=8", "sft.epochs=1", "sft.lr=5e-2"]
     p = pipeline.build(

@@ -1,4 +1,4 @@
-"""Shaped rewards (atom.agent.shaping), stop strings, cut-off turns and GRPO's own prompts (issue 20)."""
+"""Shaped rewards (atom.env.shaping), stop strings, cut-off turns and GRPO's own prompts (issue 20)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from collections import Counter
 import pytest
 import torch
 
-from atom.agent.episode import EpisodeResult, EpisodeStats
-from atom.agent.hf_policy import HFPolicy, SamplingConfig, _StopAtStrings
-from atom.agent.rollout import Observation, Reply, Trajectory, Turn
-from atom.agent.shaping import RewardConfig, batch_rewards, reward_terms, shaped_reward
 from atom.config import ConfigError, load_config
+from atom.env.episode import EpisodeResult, EpisodeStats
+from atom.env.rollout import Observation, Reply, Trajectory, Turn
+from atom.env.shaping import RewardConfig, batch_rewards, reward_terms, shaped_reward
+from atom.policy.hf import HFPolicy, SamplingConfig, _StopAtStrings
 
 
 def _trajectory(reward=1.0, ops=None, invalid=None, cut=(False,), stored=50, context=200, facts=0.5) -> Trajectory:

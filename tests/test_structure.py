@@ -37,7 +37,7 @@ def imported_modules(name: str, path: Path) -> set[str]:
             if node.level:  # relative import: resolve against this module's package
                 package = name.split(".") if is_package else name.split(".")[:-1]
                 base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
-            # "from atom.agent import prompts" imports the module atom.agent.prompts; a name is from the package
+            # "from atom.env import prompts" imports the module atom.env.prompts; a name is from the package
             targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
         else:
             continue
@@ -75,9 +75,9 @@ def find_cycle(graph: dict[str, set[str]]) -> tuple[str, ...] | None:
 
 def test_the_graph_reads_every_kind_of_import():
     # a module-level import, a function-level one, a type-only one and a package import are all edges
-    assert "atom.agent.rewards" in GRAPH["atom.agent.episode"]
-    assert "atom.agent.oracle" in GRAPH["atom.eval.harness"]  # imported inside evaluate()
-    assert "atom.memory.store" in GRAPH["atom.agent.prompts"]  # under TYPE_CHECKING
+    assert "atom.env.rewards" in GRAPH["atom.env.episode"]
+    assert "atom.policy.oracle" in GRAPH["atom.eval.harness"]  # imported inside evaluate()
+    assert "atom.memory.store" in GRAPH["atom.env.prompts"]  # under TYPE_CHECKING
     assert "atom.data.chunker" in GRAPH["atom.data"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) is not None
 
@@ -98,9 +98,12 @@ def test_no_import_cycle_between_packages():
     "lower,upper",
     [
         ("atom.memory", "atom.data"),
-        ("atom.data", "atom.agent"),
-        ("atom.agent", "atom.eval"),
-        ("atom.agent", "atom.train"),
+        ("atom.data", "atom.env"),
+        ("atom.env", "atom.policy"),
+        ("atom.env", "atom.eval"),
+        ("atom.env", "atom.train"),
+        ("atom.policy", "atom.eval"),
+        ("atom.policy", "atom.train"),
         ("atom.eval", "atom.train"),
     ],
 )

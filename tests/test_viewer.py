@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from atom.agent.episode import AgentConfig
-from atom.agent.oracle import OraclePolicy
-from atom.agent.rollout import Reply, RolloutEngine, atommem_episode
-from atom.agent.trace import CREATED, DELETED, INVALID, UPDATED
 from atom.data.chunker import TokenChunker
 from atom.data.loaders import DataConfig
 from atom.data.longcontext import build_samples
 from atom.data.synthetic import SyntheticConfig, generate
+from atom.env.episode import AgentConfig
+from atom.env.rollout import Reply, RolloutEngine, atommem_episode
+from atom.env.trace import CREATED, DELETED, INVALID, UPDATED
 from atom.eval.safe_html import action_spans, escape
 from atom.eval.viewer import write_viewer
 from atom.memory.embedder import HashEmbedder, MemoryConfig
-from atom.train.models import ModelConfig, load_tokenizer
+from atom.policy.models import ModelConfig, load_tokenizer
+from atom.policy.oracle import OraclePolicy
 
 MEM = MemoryConfig(embedder="hash", hash_dim=64)
 # A reply written to break a page: markup, a bidi override, NUL and other hidden code points, a lone surrogate.

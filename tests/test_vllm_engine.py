@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from atom.agent.hf_policy import HFPolicy, SamplingConfig, encode_prompt
-from atom.agent.rollout import Observation
-from atom.agent.vllm_engine import VLLMPolicy, hf_name, hf_weights
-from atom.train.models import LoraConfig, ModelConfig, _attach_lora, _tiny_model, load_tokenizer
+from atom.env.rollout import Observation
+from atom.policy.hf import HFPolicy, SamplingConfig, encode_prompt
+from atom.policy.models import LoraConfig, ModelConfig, _attach_lora, _tiny_model, load_tokenizer
+from atom.policy.vllm_engine import VLLMPolicy, hf_name, hf_weights
 
 
 class FakeEngineModel(torch.nn.Module):
@@ -216,7 +216,7 @@ class RecordingVLLM:
 def test_under_a_process_group_the_engine_gets_the_trainers_rank_whatever_the_launcher_set(monkeypatch, tokenizer):
     import sys
 
-    from atom.agent.vllm_engine import VLLMConfig, build_vllm_policy
+    from atom.policy.vllm_engine import VLLMConfig, build_vllm_policy
 
     fake = RecordingVLLM()
     monkeypatch.setitem(sys.modules, "vllm", fake)

@@ -31,7 +31,7 @@ from atom.data.chunker import TokenChunker
 from atom.data.datamodule import AtomDataModule
 from atom.data.longcontext import LongContextSample, document_spans
 from atom.data.records import SAMPLE_DATASETS, Paragraph, QARecord
-from atom.train.models import load_tokenizer
+from atom.policy.models import load_tokenizer
 
 
 def _summary(values: Sequence[float]) -> dict[str, float]:

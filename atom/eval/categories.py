@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from atom.agent.rollout import Trajectory
 from atom.data.longcontext import LongContextSample
+from atom.env.rollout import Trajectory
 
 
 def by_category(trajectories: Sequence[Trajectory], samples: Sequence[LongContextSample]) -> dict[str, dict]:

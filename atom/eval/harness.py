@@ -16,16 +16,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from atom.agent.episode import AgentConfig
-from atom.agent.hf_policy import HFPolicy, SamplingConfig
-from atom.agent.openai_client import ServerConfig
-from atom.agent.rollout import RolloutEngine, Trajectory, atommem_episode
 from atom.data.chunker import TokenChunker
 from atom.data.longcontext import LongContextSample
+from atom.env.episode import AgentConfig
+from atom.env.rollout import RolloutEngine, Trajectory, atommem_episode
 from atom.eval.categories import by_category, category_table
 from atom.eval.judge import Judge, JudgeConfig, judge_summary
 from atom.eval.report import markdown_table, summarize, write_results
 from atom.eval.viewer import write_viewer
+from atom.policy.hf import HFPolicy, SamplingConfig
+from atom.policy.openai_client import ServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class EvalConfig:
 
 def episode_factory(method: str, agent: AgentConfig, ecfg: EvalConfig, window_tokens: int, tokenizer):
     """The episode kind of a method (``oracle`` runs the AtomMem episode with the oracle policy)."""
-    from atom.agent import baselines
+    from atom.env import baselines
 
     if method in ("atommem", "oracle"):
         return atommem_episode(agent, tokenizer)
@@ -89,7 +89,7 @@ def evaluate(
     ``server``: the policy is served (``model.backend=openai``) instead of ``model``. ``judge``: adds the
     ``judge`` and ``judge_failed`` columns. ``autocast``: ``model`` generates under ``torch.autocast(dtype)``.
     """
-    from atom.agent.oracle import OraclePolicy
+    from atom.policy.oracle import OraclePolicy
 
     greedy = dataclasses.replace(sampling, temperature=ecfg.temperature)
     rows: dict[str, dict] = {}
@@ -98,7 +98,7 @@ def evaluate(
         if method == "oracle":
             policy = OraclePolicy()
         elif server is not None:
-            from atom.agent.openai_policy import OpenAIPolicy
+            from atom.policy.openai_policy import OpenAIPolicy
 
             policy = OpenAIPolicy(server, greedy, tokenizer, max_prompt_tokens=window_tokens - greedy.max_new_tokens)
         else:

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from atom.agent.openai_client import MalformedReply, ServerConfig, ServerError, ServingClient, choice_of
+from atom.policy.openai_client import MalformedReply, ServerConfig, ServerError, ServingClient, choice_of
 
 log = logging.getLogger(__name__)
 

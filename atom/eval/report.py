@@ -6,8 +6,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from atom.agent.rollout import Trajectory
-from atom.agent.shaping import TERMS, reward_terms
+from atom.env.rollout import Trajectory
+from atom.env.shaping import TERMS, reward_terms
 
 OPS = ("create", "read", "update", "delete", "scratchpad", "answer")
 
@@ -57,7 +57,7 @@ def summarize(trajectories: Sequence[Trajectory], wall_s: float) -> dict:
     retrieved = [r.facts_retrieved for r in results if r.facts_retrieved is not None]
     out["facts_stored"] = 100 * _mean(stored) if stored else None
     out["facts_retrieved"] = 100 * _mean(retrieved) if retrieved else None
-    # grpo.reward's terms (atom.agent.shaping), unweighted episode means: what a shaped reward would see
+    # grpo.reward's terms (atom.env.shaping), unweighted episode means: what a shaped reward would see
     terms = [reward_terms(t) for t in trajectories]
     out["reward_terms"] = {k: _mean([x[k] for x in terms]) for k in TERMS}
     return out

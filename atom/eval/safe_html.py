@@ -66,7 +66,7 @@ _ACTION_TAG = re.compile(r"<(/?)(create|read|update|delete|scratchpad|answer)\b[
 def action_spans(reply: str) -> list[tuple[int, int, str]]:
     """Character spans of the action tags of ``reply`` (open tag to its close tag), classed by kind.
 
-    For display only: what an action really did is the episode's trace (the parser in atom/agent/actions.py
+    For display only: what an action really did is the episode's trace (the parser in atom/env/actions.py
     decides); an open tag without its close tag is marked ``act bad``.
     """
     spans, pos = [], 0

@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from atom.agent import trace as tr
-from atom.agent.rewards import normalize_answer
-from atom.agent.rollout import Trajectory, Turn
 from atom.data.longcontext import LongContextSample
+from atom.env import trace as tr
+from atom.env.rewards import normalize_answer
+from atom.env.rollout import Trajectory, Turn
 from atom.eval.safe_html import action_spans, attr, escape, find_all, highlight
 from atom.memory.store import Entry
 

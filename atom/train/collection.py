@@ -9,7 +9,7 @@ filters on instead of the exact-match reward (the paper kept teacher trajectorie
 
 The teacher (``sft.teacher``, ``python -m atom.collect CONFIG --policy openai``) samples as the release's did:
 T = 0.6, up to 8,192 tokens per reply, with an optional strategy text of its own added to its system prompt
-(the stored prompts stay the student's, see ``atom.agent.openai_policy``).
+(the stored prompts stay the student's, see ``atom.policy.openai_policy``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from atom.agent.openai_client import ServerConfig
+from atom.policy.openai_client import ServerConfig
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ Objective, per rollout step (each symbol -> ``GRPOConfig`` field):
   resumed run sees the same order; each rank gets its share of whole groups) and roll out ``group_size`` = G
   episodes per sample with the batched engine at ``sampling.temperature`` (1.0).
 - Reward R_i per episode: ``reward`` weights the outcome (``agent.reward``: mean EM over its questions) and the
-  memory-policy terms of ``atom.agent.shaping`` (validity, invalid actions, cut-off turns, compression, gold facts
+  memory-policy terms of ``atom.env.shaping`` (validity, invalid actions, cut-off turns, compression, gold facts
   stored); the defaults are the outcome alone, in [0, 1]. Advantage A_i = R_i - mean_group(R)
   (``std_scale="none"``, AtomMem/Dr. GRPO; ``"group"``/``"batch"`` divide by a std as TRL does). Groups whose
   rewards are all equal carry no signal and are dropped when ``drop_zero_std``.
@@ -37,7 +37,7 @@ validation) runs on an unsharded copy of the policy per rank, in the compute dty
 sharded weights after the rollout step's optimizer steps; it is not a submodule, so no checkpoint holds it.
 
 Rollout engine ``rollout_engine``: ``hf`` (``HFPolicy``: transformers ``generate`` records log_softmax(logits / T)
-while sampling, so its log-probs are pi_old as they are) or ``vllm`` (``atom.agent.vllm_engine``: a colocated vLLM
+while sampling, so its log-probs are pi_old as they are) or ``vllm`` (``atom.policy.vllm_engine``: a colocated vLLM
 engine, weights streamed in after every optimizer step). vLLM's log-probs are the raw model's, before temperature:
 they equal pi_old only at T = 1, and then only up to kernel numerics. The rule: with an engine whose log-probs are
 raw, pi_old always comes from the trainer's own forward (one extra no-grad forward over the rollout batch, at the
@@ -57,12 +57,12 @@ from dataclasses import dataclass, field
 import lightning as L
 import torch
 
-from atom.agent.hf_policy import HFPolicy, SamplingConfig
-from atom.agent.rollout import RolloutEngine, Trajectory
-from atom.agent.shaping import RewardConfig, batch_rewards
-from atom.agent.vllm_engine import VLLMConfig
 from atom.data.longcontext import LongContextSample
+from atom.env.rollout import RolloutEngine, Trajectory
+from atom.env.shaping import RewardConfig, batch_rewards
 from atom.eval.report import summarize
+from atom.policy.hf import HFPolicy, SamplingConfig
+from atom.policy.vllm_engine import VLLMConfig
 from atom.train.batches import (
     TurnSequence,
     micro_batches,
@@ -100,7 +100,7 @@ class GRPOConfig:
     std_scale: str = "none"  # advantage scaling: none (paper) | group | batch
     aggregation: str = "token_mean"  # token_mean (paper) | seq_mean_token_mean | seq_mean_token_sum_norm
     drop_zero_std: bool = False  # drop groups whose rewards are all equal (MemAgent does)
-    reward: RewardConfig = field(default_factory=RewardConfig)  # shaped reward terms and weights (agent/shaping.py)
+    reward: RewardConfig = field(default_factory=RewardConfig)  # shaped reward terms and weights (env/shaping.py)
     old_logprobs: str = "sampler"  # pi_old: sampler (log-probs recorded while generating) | trainer (a no-grad forward)
     val_every: int = 0  # rollout steps between greedy validations on val samples; 0 = never
     val_samples: int = 8  # validation samples per validation

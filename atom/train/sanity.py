@@ -25,11 +25,11 @@ from __future__ import annotations
 import random
 import re
 
-from atom.agent.episode import READ, AgentConfig, EmbedRequest, EpisodeResult, EpisodeStats, EpisodeView
 from atom.data.datamodule import AtomDataModule
 from atom.data.loaders import DataConfig
 from atom.data.longcontext import LongContextSample
 from atom.data.records import Paragraph
+from atom.env.episode import READ, AgentConfig, EmbedRequest, EpisodeResult, EpisodeStats, EpisodeView
 
 DONE = "done"
 CITIES = (

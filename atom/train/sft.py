@@ -19,10 +19,10 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from atom.agent.hf_policy import centre_truncate, encode_prompt
-from atom.agent.rollout import Trajectory
 from atom.data.datamodule import EpochShuffler
 from atom.data.records import DataError
+from atom.env.rollout import Trajectory
+from atom.policy.hf import centre_truncate, encode_prompt
 from atom.train.batches import TurnSequence, all_or_none, pad_batch, prefix_sharing, shared_prefix, token_logprobs
 from atom.train.collection import TeacherConfig
 from atom.train.preemption import ResumableLoader

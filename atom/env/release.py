@@ -40,8 +40,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from atom.agent.actions import Action, parse_actions
-from atom.agent.episode import READ, AtomMemEpisode, TurnParse
+from atom.env.actions import Action, parse_actions
+from atom.env.episode import READ, AtomMemEpisode, TurnParse
 
 if TYPE_CHECKING:
     import numpy as np

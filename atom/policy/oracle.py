@@ -29,12 +29,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from atom.agent.actions import Action, render_action
-from atom.agent.episode import ANSWER, READ, EpisodeView, SampleCache
-from atom.agent.release import to_release_reply
-from atom.agent.rewards import normalize_answer
-from atom.agent.rollout import Observation, Reply
 from atom.data.longcontext import LongContextSample
+from atom.env.actions import Action, render_action
+from atom.env.episode import ANSWER, READ, EpisodeView, SampleCache
+from atom.env.release import to_release_reply
+from atom.env.rewards import normalize_answer
+from atom.env.rollout import Observation, Reply
 from atom.memory.store import Entry
 
 _NOTHING = (

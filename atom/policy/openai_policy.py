@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import torch
 
-from atom.agent.hf_policy import SamplingConfig, centre_truncate, encode_prompt
-from atom.agent.openai_client import MalformedReply, ServerConfig, ServerError, ServingClient, choice_of
-from atom.agent.prompts import Messages
-from atom.agent.rollout import Observation, Reply
+from atom.env.prompts import Messages
+from atom.env.rollout import Observation, Reply
 from atom.errors import AtomError
+from atom.policy.hf import SamplingConfig, centre_truncate, encode_prompt
+from atom.policy.openai_client import MalformedReply, ServerConfig, ServerError, ServingClient, choice_of
 
 
 @dataclass

@@ -18,7 +18,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from atom.agent.episode import (
+from atom.data.chunker import TokenChunker
+from atom.data.longcontext import LongContextSample
+from atom.env.episode import (
     AgentConfig,
     AtomMemEpisode,
     AtomRules,
@@ -29,11 +31,9 @@ from atom.agent.episode import (
     Rules,
     SampleCache,
 )
-from atom.agent.prompts import Messages
-from atom.agent.release import ReleaseRules
-from atom.agent.trace import TurnTrace
-from atom.data.chunker import TokenChunker
-from atom.data.longcontext import LongContextSample
+from atom.env.prompts import Messages
+from atom.env.release import ReleaseRules
+from atom.env.trace import TurnTrace
 from atom.memory.embedder import Embedder, MemoryConfig
 from atom.memory.store import MemoryStore
 

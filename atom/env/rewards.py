@@ -11,7 +11,7 @@ punctuation and accents are kept unchanged, so scores can be compared with publi
 conventions are added on top: a prediction whose normalized form is empty scores 0, and a gold alias whose
 normalized form is empty never matches. This stops ``"the"`` from matching ``"a"``.
 
-Boxed mode (``agent.boxed_answers``; NOT the release's match, which is ``atom.agent.scorers``): the prediction must
+Boxed mode (``agent.boxed_answers``; NOT the release's match, which is ``atom.env.scorers``): the prediction must
 contain ``\\boxed{...}``. Only the content of the last complete top-level box is compared (see ``extract_boxed``).
 A prediction without one scores 0.
 """

@@ -1,4 +1,4 @@
-"""The AtomMem release's rule scorer, reproduced rule by rule, next to atom's SQuAD EM/F1 (``atom.agent.rewards``).
+"""The AtomMem release's rule scorer, reproduced rule by rule, next to atom's SQuAD EM/F1 (``atom.env.rewards``).
 
 What the release's evaluation does to one answer (``verl/utils/reward_score/hotpotqa.py`` and
 ``parse_final_answer`` in ``verl/utils/reward_score/__init__.py`` of RUCBM/AtomMem):

@@ -31,7 +31,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from atom.agent.rollout import Trajectory
+    from atom.env.rollout import Trajectory
 
 TERMS = ("outcome", "validity", "invalid", "cutoff", "compression", "memory")
 

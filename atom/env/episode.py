@@ -12,7 +12,7 @@ reads; no policy ever holds an episode. Every episode kind (this one and the bas
 shares the pieces written once here: the counters, the result and its scoring, the gold-fact coverage.
 
 What differs between protocols (``agent.protocol``) is a ``Rules`` object: the prompts, the reply grammar and the
-turn transitions. ``AtomRules`` is atom's protocol, ``atom.agent.release.ReleaseRules`` the AtomMem release's; the
+turn transitions. ``AtomRules`` is atom's protocol, ``atom.env.release.ReleaseRules`` the AtomMem release's; the
 state, the execution of actions (``apply``), the counters and the scoring are shared.
 
 atom's rules (each is tested):
@@ -38,11 +38,11 @@ from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
-from atom.agent import prompts, trace
-from atom.agent.actions import Action, parse_actions, valid_unicode
-from atom.agent.rewards import normalize_answer, score_questions
-from atom.agent.scorers import release_answer_text, release_flat_score, release_scores
 from atom.data.longcontext import LongContextSample
+from atom.env import prompts, trace
+from atom.env.actions import Action, parse_actions, valid_unicode
+from atom.env.rewards import normalize_answer, score_questions
+from atom.env.scorers import release_answer_text, release_flat_score, release_scores
 from atom.memory.store import Entry, MemoryStore
 
 READ, ANSWER, DONE = "read", "answer", "done"
@@ -374,7 +374,7 @@ class AtomMemEpisode:
             raise ValueError(f"sample {sample.id}: no chunks (empty context)")
         if rules is None and cfg.protocol != "atom":
             raise ValueError(
-                f"agent.protocol={cfg.protocol}: pass its rules (atom.agent.rollout.make_rules) to the episode"
+                f"agent.protocol={cfg.protocol}: pass its rules (atom.env.rollout.make_rules) to the episode"
             )
         self.sample, self.chunks, self.store, self.cfg = sample, chunks, store, cfg
         self.rules = rules if rules is not None else AtomRules()

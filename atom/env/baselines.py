@@ -1,6 +1,6 @@
 """The paper's comparison baselines (full context, RAG, MemAgent), as episodes the ``RolloutEngine`` runs.
 
-Each class implements the ``Episode`` protocol (``atom.agent.episode``), so baselines are batched, counted and
+Each class implements the ``Episode`` protocol (``atom.env.episode``), so baselines are batched, counted and
 scored like the AtomMem agent:
 
 - ``FullContextEpisode``: one answer turn per question over the whole context, centre-cut to a budget (the
@@ -25,9 +25,11 @@ import re
 
 import numpy as np
 
-from atom.agent import prompts
-from atom.agent.actions import parse_actions, strip_think
-from atom.agent.episode import (
+from atom.data.chunker import TokenChunker
+from atom.data.longcontext import LongContextSample
+from atom.env import prompts
+from atom.env.actions import parse_actions, strip_think
+from atom.env.episode import (
     ANSWER,
     DONE,
     READ,
@@ -41,9 +43,7 @@ from atom.agent.episode import (
     share_covered,
     support_sentences,
 )
-from atom.agent.rollout import EpisodeFactory
-from atom.data.chunker import TokenChunker
-from atom.data.longcontext import LongContextSample
+from atom.env.rollout import EpisodeFactory
 from atom.memory.store import MemoryStore
 
 _ANSWER_TAG = re.compile(r"</?answer>", re.IGNORECASE)

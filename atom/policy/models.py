@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from atom.agent.openai_client import ServerConfig
+from atom.policy.openai_client import ServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +296,7 @@ def context_window(cfg: ModelConfig, model) -> int:
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-if __name__ == "__main__":  # python -m atom.train.models [NAME_OR_PATH]: the directory to hand to a server
+if __name__ == "__main__":  # python -m atom.policy.models [NAME_OR_PATH]: the directory to hand to a server
     import sys
 
     print(pretrained_dir(ModelConfig(name_or_path=sys.argv[1] if len(sys.argv) > 1 else EMBEDDED)))

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-from atom.agent.hf_policy import SamplingConfig, act_on_token_ids
-from atom.agent.rollout import Observation, Reply
+from atom.env.rollout import Observation, Reply
+from atom.policy.hf import SamplingConfig, act_on_token_ids
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from atom.agent.prompts import Messages
-from atom.agent.rollout import Observation, Reply
+from atom.env.prompts import Messages
+from atom.env.rollout import Observation, Reply
 
 
 @dataclass
