@@ -464,7 +464,7 @@ class AtomMemEpisode:
         self.stats.invalid.update(parsed.invalid)
         for kind, n in parsed.invalid.items():
             for _ in range(n):
-                self.recorder.invalid(kind, "malformed or unknown tag (grammar: atom/agent/actions.py)")
+                self.recorder.invalid(kind, "malformed or unknown tag (grammar: atom/env/actions.py)")
         allowed = self.rules.allowed(self)
         live = set(self.store.ids())
         valid: list[Action] = []
