@@ -20,9 +20,7 @@ from atom.cli import entry_point
 from atom.cli import parser as cli_parser
 from atom.config import ConfigError, load_config
 from atom.eval.judge import build_judge
-from atom.policy.hf import HFPolicy
-from atom.policy.openai_policy import OpenAIPolicy
-from atom.policy.oracle import OraclePolicy
+from atom.policy.factory import make_policy
 from atom.train.collection import collect
 
 
@@ -43,21 +41,23 @@ def main(argv: list[str] | None = None) -> None:
     p = pipeline.build(cfg)
     samples = p.data.require(args.split, "atom.collect")
     if args.policy == "oracle":
-        policy = OraclePolicy()
+        policy = make_policy("oracle")
     elif args.policy == "openai":
         t = cfg.sft.teacher
         if not t.server.base_url:
             raise ConfigError("--policy openai needs sft.teacher.server.base_url (the teacher's .../v1 endpoint)")
         sampling = dataclasses.replace(cfg.sampling, temperature=t.temperature, top_p=t.top_p,
                                        max_new_tokens=t.max_new_tokens)  # fmt: skip
-        policy = OpenAIPolicy(t.server, sampling, p.tokenizer, 0, t.strategy, what="sft.teacher.server")
+        policy = make_policy("served", sampling, p.tokenizer, server=t.server, strategy=t.strategy,
+                             what="sft.teacher.server")  # fmt: skip
     elif served:
-        policy = OpenAIPolicy(cfg.model.server, cfg.sampling, p.tokenizer, p.max_prompt_tokens(None))
+        policy = make_policy("served", cfg.sampling, p.tokenizer, p.max_prompt_tokens(None), server=cfg.model.server)
     else:
         model = pipeline.load_policy(p)
         if cfg.model.quantization == "none":
             model.to(p.device)  # this process's GPU when there is one; a quantized model stays as loaded
-        policy = HFPolicy(model, p.tokenizer, cfg.sampling, p.max_prompt_tokens(model), autocast=p.autocast)
+        policy = make_policy("hf", cfg.sampling, p.tokenizer, p.max_prompt_tokens(model), model=model,
+                             autocast=p.autocast)  # fmt: skip
     judge = build_judge(cfg.eval.judge)
     engine = p.engine(policy)
     counts = collect(lambda s, r: engine.run(s, repeats=r), samples, args.out, args.repeats, args.batch, judge)

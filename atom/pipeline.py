@@ -34,8 +34,8 @@ from atom.env.rollout import RolloutEngine, atommem_episode
 from atom.eval import harness
 from atom.eval.judge import build_judge
 from atom.memory.embedder import Embedder, build_embedder
+from atom.policy.factory import make_policy
 from atom.policy.models import context_window, load_model, load_tokenizer, restart_lora
-from atom.policy.oracle import OraclePolicy
 from atom.train.grpo import GRPOModule
 from atom.train.sft import DemoDataModule, SFTModule, demos_from_trajectories, read_demos
 from atom.train.sharding import materialize, stream_full_weights
@@ -135,7 +135,7 @@ def sft(model, p: Pieces):
     if cfg.sft.demos:
         demos = read_demos(cfg.sft.demos, cfg.sft.min_reward)
     else:
-        trajectories = p.engine(OraclePolicy()).run(p.data.require("train", "sft (oracle demonstrations)"))
+        trajectories = p.engine(make_policy("oracle")).run(p.data.require("train", "sft (oracle demonstrations)"))
         demos = demos_from_trajectories(trajectories, cfg.sft.min_reward)
     if not demos:
         raise DataError("SFT: no demonstration passed sft.min_reward; lower it or collect better trajectories")

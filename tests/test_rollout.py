@@ -233,3 +233,28 @@ def test_truncated_prompts_are_flagged_by_the_policy_and_counted_per_episode(tin
     trajs = _engine(Cut(), HashEmbedder(64), tok).run(samples[:2])
     assert [t.result.stats.truncated_prompts for t in trajs] == [len(t.turns) for t in trajs]
     assert summarize(trajs, 0.0)["truncated_prompts_per_episode"] == sum(len(t.turns) for t in trajs) / 2
+
+
+def test_make_policy_builds_every_kind_and_names_what_is_missing(tiny):
+    from atom.policy.factory import make_policy
+    from atom.policy.openai_client import ServerConfig
+    from atom.policy.openai_policy import OpenAIPolicy
+    from atom.policy.oracle import OraclePolicy
+
+    model, tok = tiny
+    sampling = SamplingConfig(max_new_tokens=2)
+    assert isinstance(make_policy("oracle"), OraclePolicy)
+    hf = make_policy("hf", sampling, tok, 64, model=model, autocast=torch.bfloat16)
+    assert isinstance(hf, HFPolicy) and hf.max_prompt_tokens == 64
+    served = make_policy("served", sampling, tok, 32, server=ServerConfig(base_url="http://x/v1"), what="t.server")
+    assert isinstance(served, OpenAIPolicy) and served.max_prompt_tokens == 32
+    served.close()
+
+    class Engine:
+        def with_sampling(self, s):
+            return ("engine at", s)
+
+    assert make_policy("vllm", sampling, engine=Engine()) == ("engine at", sampling)
+    for kind, kwargs in (("hf", {}), ("served", {}), ("vllm", {}), ("nope", {"model": model})):
+        with pytest.raises(ValueError):
+            make_policy(kind, sampling, tok, **kwargs)

@@ -24,7 +24,8 @@ from atom.eval.categories import by_category, category_table
 from atom.eval.judge import Judge, JudgeConfig, judge_summary
 from atom.eval.report import markdown_table, summarize, write_results
 from atom.eval.viewer import write_viewer
-from atom.policy.hf import HFPolicy, SamplingConfig
+from atom.policy.factory import make_policy
+from atom.policy.hf import SamplingConfig
 from atom.policy.openai_client import ServerConfig
 
 log = logging.getLogger(__name__)
@@ -89,23 +90,17 @@ def evaluate(
     ``server``: the policy is served (``model.backend=openai``) instead of ``model``. ``judge``: adds the
     ``judge`` and ``judge_failed`` columns. ``autocast``: ``model`` generates under ``torch.autocast(dtype)``.
     """
-    from atom.policy.oracle import OraclePolicy
-
     greedy = dataclasses.replace(sampling, temperature=ecfg.temperature)
     rows: dict[str, dict] = {}
     trajectories: dict[str, list[Trajectory]] = {}
     for method in methods:
-        if method == "oracle":
-            policy = OraclePolicy()
-        elif server is not None:
-            from atom.policy.openai_policy import OpenAIPolicy
-
-            policy = OpenAIPolicy(server, greedy, tokenizer, max_prompt_tokens=window_tokens - greedy.max_new_tokens)
-        else:
-            if model is None:
-                raise ValueError(f"eval method '{method}' needs a model")
-            limit = window_tokens - greedy.max_new_tokens
-            policy = HFPolicy(model, tokenizer, greedy, max_prompt_tokens=limit, autocast=autocast)
+        kind = "oracle" if method == "oracle" else "served" if server is not None else "hf"
+        if kind == "hf" and model is None:
+            raise ValueError(f"eval method '{method}' needs a model")
+        policy = make_policy(
+            kind, greedy, tokenizer, window_tokens - greedy.max_new_tokens, model=model, server=server,
+            autocast=autocast,
+        )  # fmt: skip
         budget = ecfg.full_context_tokens or window_tokens - greedy.max_new_tokens - 256
         engine = RolloutEngine(
             policy, embedder, chunker, memory_cfg, episode_factory(method, agent, ecfg, budget, tokenizer)

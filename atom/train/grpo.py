@@ -58,10 +58,11 @@ import lightning as L
 import torch
 
 from atom.data.longcontext import LongContextSample
-from atom.env.rollout import RolloutEngine, Trajectory
+from atom.env.rollout import Policy, RolloutEngine, Trajectory
 from atom.env.shaping import RewardConfig, batch_rewards
 from atom.eval.report import summarize
-from atom.policy.hf import HFPolicy, SamplingConfig
+from atom.policy.factory import make_policy
+from atom.policy.hf import SamplingConfig
 from atom.policy.vllm_engine import VLLMConfig
 from atom.train.batches import (
     TurnSequence,
@@ -159,7 +160,7 @@ class GRPOModule(L.LightningModule):
         tokenizer,
         cfg: GRPOConfig,
         sampling: SamplingConfig,
-        make_engine: Callable[[HFPolicy], RolloutEngine],
+        make_engine: Callable[[Policy], RolloutEngine],
         seed: int = 0,
         max_prompt_tokens: int = 0,
         make_rollout_engine: Callable[[], object] | None = None,
@@ -222,13 +223,13 @@ class GRPOModule(L.LightningModule):
             self.ref_model.to(self.device)
         self.refresh_generation_model()  # after a resumed checkpoint was loaded into the shards
 
-    def _policy(self, sampling: SamplingConfig) -> HFPolicy:
+    def _policy(self, sampling: SamplingConfig):
         if self.make_rollout_engine is not None:  # vLLM: the engine gets the weights of the latest optimizer step
             self.rollout_engine = self.rollout_engine or self.make_rollout_engine()
             self.rollout_engine.sync_weights(self.model, step=self.global_step)
-            return self.rollout_engine.with_sampling(sampling)
+            return make_policy("vllm", sampling, engine=self.rollout_engine)
         model = self.generation_model if self.generation_model is not None else self.model
-        return HFPolicy(model, self.tokenizer, sampling, self.max_prompt_tokens)
+        return make_policy("hf", sampling, self.tokenizer, self.max_prompt_tokens, model=model)
 
     def rollout(self, samples: Sequence[LongContextSample], sampling: SamplingConfig, repeats: int):
         """Trajectories of ``samples`` x ``repeats`` and the engine that ran them."""
