@@ -38,6 +38,8 @@ def samples():
 class Scripted:
     """A scripted teacher: ``reply(prompt_text, view)`` gives each reply; every prompt is kept."""
 
+    reads_view = True
+
     def __init__(self, reply):
         self.reply, self.prompts = reply, []
 

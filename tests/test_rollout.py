@@ -141,6 +141,8 @@ class CountingEmbedder:
 class ScriptedPolicy:
     """Creates the first line of each chunk, reads with the first question, answers with the gold answer."""
 
+    reads_view = True
+
     def __init__(self):
         self.calls = 0
 
@@ -184,6 +186,25 @@ def test_lockstep_gives_the_same_results_as_one_episode_at_a_time(tiny, samples)
         assert a.result.predictions == b.result.predictions
         assert a.result.stats.store_sizes == b.result.stats.store_sizes
         assert [t.messages for t in a.turns] == [t.messages for t in b.turns]
+
+
+def test_the_engine_builds_views_only_for_policies_that_read_them(tiny, samples):
+    _, tok = tiny
+
+    class Blind:  # a model-like policy: reads the prompt only
+        def __init__(self):
+            self.views = []
+
+        def act(self, observations):
+            self.views += [o.view for o in observations]
+            return [Reply("<answer>x</answer>") for _ in observations]
+
+    blind = Blind()
+    _engine(blind, HashEmbedder(64), tok).run(samples[:1])
+    assert blind.views and all(v is None for v in blind.views)
+    sighted = ScriptedPolicy()
+    trajectories = _engine(sighted, HashEmbedder(64), tok).run(samples[:1])
+    assert sighted.calls and trajectories[0].reward == 1.0  # it read every view it was given
 
 
 @pytest.mark.slow

@@ -28,6 +28,8 @@ HOSTILE = "<script>alert('x')</script>\u202eevil\u202c \x00 \x1b[31m \u2066iso\u
 class ScriptedPolicy:
     """Replies from a fixed script by turn number (read phase) and answers "unknown" (answer phase)."""
 
+    reads_view = True
+
     def __init__(self, script: list[str]):
         self.script = script
 

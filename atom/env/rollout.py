@@ -99,13 +99,22 @@ class Observation:
     """What a policy is given for one episode's turn; no policy ever holds the episode itself."""
 
     messages: Messages  # the prompt: all a model policy reads
-    view: EpisodeView | None = None  # the state behind it, all a scripted teacher reads (None: not recorded)
+    view: EpisodeView | None = None  # the state behind it, all a scripted teacher reads (None: not built)
 
 
 class Policy(Protocol):
-    """Anything that replies to a lockstep step: one ``Reply`` per observation, in order."""
+    """Anything that replies to a lockstep step: one ``Reply`` per observation, in order.
+
+    A policy that reads ``Observation.view`` (a scripted teacher such as the oracle) says so with a class
+    attribute ``reads_view = True``; for every other policy the engine builds no view (``view`` is None).
+    """
 
     def act(self, observations: Sequence[Observation]) -> list[Reply]: ...
+
+
+def reads_view(policy: Policy) -> bool:
+    """Whether ``policy`` reads ``Observation.view`` (its ``reads_view`` attribute; False when it has none)."""
+    return bool(getattr(policy, "reads_view", False))
 
 
 EpisodeFactory = Callable[[LongContextSample, list[str], MemoryStore], Episode]
@@ -171,7 +180,8 @@ class RolloutEngine:
 
     def step(self, episodes: list[Episode], turns: list[list[Turn]]) -> None:
         """One lockstep step: one generation call, one document and one query embedding call."""
-        observations = [Observation(e.messages(), e.view()) for e in episodes]
+        viewed = reads_view(self.policy)  # only a scripted teacher reads the state behind the prompt
+        observations = [Observation(e.messages(), e.view() if viewed else None) for e in episodes]
         t0 = time.perf_counter()
         replies = self.policy.act(observations)
         self.stats.generate_s += time.perf_counter() - t0

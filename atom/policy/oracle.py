@@ -179,6 +179,8 @@ class OraclePolicy:
             used to recognise beginnings and continuations of sentences.
     """
 
+    reads_view = True  # the engine builds each turn's EpisodeView for it (atom.env.rollout.Policy)
+
     def __init__(self, min_partial_chars: int = 20):
         if min_partial_chars <= 0:
             raise ValueError(f"min_partial_chars must be > 0, got {min_partial_chars}")
