@@ -20,6 +20,7 @@ from atom.data.chunker import TokenChunker
 from atom.data.longcontext import LongContextSample
 from atom.env.episode import AgentConfig
 from atom.env.rollout import RolloutEngine, Trajectory, atommem_episode
+from atom.env.shaping import reward_terms
 from atom.eval.categories import by_category, category_table
 from atom.eval.judge import Judge, JudgeConfig, judge_summary
 from atom.eval.report import markdown_table, summarize, write_results
@@ -93,6 +94,7 @@ def evaluate(
     greedy = dataclasses.replace(sampling, temperature=ecfg.temperature)
     rows: dict[str, dict] = {}
     trajectories: dict[str, list[Trajectory]] = {}
+    terms: dict[str, list[dict[str, float]]] = {}
     for method in methods:
         kind = "oracle" if method == "oracle" else "served" if server is not None else "hf"
         if kind == "hf" and model is None:
@@ -108,7 +110,9 @@ def evaluate(
         start = time.perf_counter()
         with tqdm(total=len(samples), desc=f"eval {method}", disable=not progress, leave=False) as bar:
             trajs = engine.run(samples, progress=lambda n, bar=bar: bar.update(n - bar.n))
-        rows[method] = summarize(trajs, time.perf_counter() - start)
+        wall_s = time.perf_counter() - start
+        terms[method] = [reward_terms(t) for t in trajs]  # once: the summary and episodes.jsonl both show them
+        rows[method] = summarize(trajs, wall_s, terms[method])
         if any(s.categories for s in samples):  # LongMemEval / LoCoMo / MemoryAgentBench: results per category
             rows[method]["by_category"] = by_category(trajs, samples)
         if hasattr(policy, "usage"):  # a served policy: the server's token counts and length-cut replies
@@ -123,7 +127,7 @@ def evaluate(
         trajectories[method] = trajs
         log.info("%s: EM %.1f F1 %.1f", method, rows[method]["em"], rows[method]["f1"])
     if out_dir is not None:
-        write_results(out_dir, rows, trajectories, {"samples": len(samples), "methods": list(methods)})
+        write_results(out_dir, rows, trajectories, {"samples": len(samples), "methods": list(methods)}, terms)
         if category_table(rows):
             with open(Path(out_dir) / "results.md", "a") as f:
                 f.write("\n" + category_table(rows) + "\n")

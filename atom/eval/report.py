@@ -16,13 +16,16 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def summarize(trajectories: Sequence[Trajectory], wall_s: float) -> dict:
+def summarize(
+    trajectories: Sequence[Trajectory], wall_s: float, terms: Sequence[dict[str, float]] | None = None
+) -> dict:
     """Mean figures per episode, and operations per LLM call (the release's "action rate").
 
     Scorers: ``em``/``f1`` are SQuAD EM/F1, means over questions; ``release_em`` is the release's scorer (boxed
     answer, ``strip_string``), mean over samples as the release averaged (with ``agent.release_double_count``
     its pooled double count, which can pass 100). All in percent. ``release_applies``: the answers were asked for
-    boxed; otherwise ``release_em`` is 0 by construction and tables print "-".
+    boxed; otherwise ``release_em`` is 0 by construction and tables print "-". ``terms``: each episode's
+    ``reward_terms`` when the caller has them already (GRPO's step computes them once).
     """
     results = [t.result for t in trajectories]
     em = [x for r in results for x in r.em]
@@ -58,7 +61,7 @@ def summarize(trajectories: Sequence[Trajectory], wall_s: float) -> dict:
     out["facts_stored"] = 100 * _mean(stored) if stored else None
     out["facts_retrieved"] = 100 * _mean(retrieved) if retrieved else None
     # grpo.reward's terms (atom.env.shaping), unweighted episode means: what a shaped reward would see
-    terms = [reward_terms(t) for t in trajectories]
+    terms = [reward_terms(t) for t in trajectories] if terms is None else terms
     out["reward_terms"] = {k: _mean([x[k] for x in terms]) for k in TERMS}
     return out
 
@@ -95,15 +98,17 @@ def markdown_table(rows: dict[str, dict]) -> str:
 
 
 def write_results(out_dir: str | Path, rows: dict[str, dict], trajectories: dict[str, list[Trajectory]],
-                  meta: dict) -> Path:  # fmt: skip
-    """Write results.json, results.md and one episodes.jsonl line per episode (predictions, golds, counters)."""
+                  meta: dict, terms: dict[str, list[dict]] | None = None) -> Path:  # fmt: skip
+    """Write results.json, results.md and one episodes.jsonl line per episode (predictions, golds, counters).
+    ``terms``: each method's episodes' ``reward_terms`` when the caller computed them already."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"meta": meta, "methods": rows}, indent=2))
     (out / "results.md").write_text(markdown_table(rows) + "\n")
     with open(out / "episodes.jsonl", "w") as f:
         for method, trajs in trajectories.items():
-            for t in trajs:
+            method_terms = terms[method] if terms is not None else [reward_terms(t) for t in trajs]
+            for t, t_terms in zip(trajs, method_terms):
                 r = t.result
                 f.write(json.dumps({
                     "method": method, "sample_id": r.sample_id, "predictions": r.predictions, "em": r.em,
@@ -112,6 +117,6 @@ def write_results(out_dir: str | Path, rows: dict[str, dict], trajectories: dict
                     "llm_calls": r.stats.llm_calls, "store_sizes": r.stats.store_sizes,
                     "truncated_prompts": r.stats.truncated_prompts,
                     "cut_off_turns": sum(bool(x.reply.cut_off) for x in t.turns),
-                    "reward_terms": reward_terms(t),
+                    "reward_terms": t_terms,
                 }) + "\n")  # fmt: skip
     return out / "results.json"

@@ -43,6 +43,12 @@ they equal pi_old only at T = 1, and then only up to kernel numerics. The rule: 
 raw, pi_old always comes from the trainer's own forward (one extra no-grad forward over the rollout batch, at the
 sampling temperature), and ``grpo/logp_diff`` logs the mean |engine - trainer| log-prob gap at T = 1 per token
 (a growing gap means the engine and the trainer no longer hold the same weights or numerics).
+
+In code, ``GRPOModule.training_step`` is the whole step: ``rollout`` (the engine) -> ``score`` (reward terms once
+per episode, shaped rewards, group advantages, kept turn sequences: a ``RolloutBatch``) -> ``_trainer_old_logprobs``
+(pi_old, when recomputed) -> ``_update`` (mini-batches, micro-batches, ``grpo_loss``) -> ``step_logs``. The
+collectives (global counts, lockstep rounds under FSDP, the batch std, DDP's gradient average) sit behind
+``atom.train.ranks``.
 """
 
 from __future__ import annotations
@@ -59,7 +65,7 @@ import torch
 
 from atom.data.longcontext import LongContextSample
 from atom.env.rollout import Policy, RolloutEngine, Trajectory
-from atom.env.shaping import RewardConfig, batch_rewards
+from atom.env.shaping import RewardConfig, reward_terms, shaped_reward
 from atom.eval.report import summarize
 from atom.policy.factory import make_policy
 from atom.policy.hf import SamplingConfig
@@ -79,6 +85,7 @@ from atom.train.losses import (
     grpo_loss,
     zero_std_groups,
 )
+from atom.train.ranks import Ranks, lockstep
 from atom.train.sharding import RankZeroState, is_fsdp, materialize, meta_copy, stream_full_weights, unshard
 from atom.train.trainer import adamw_with_warmup, clip_grad_norm
 
@@ -146,6 +153,59 @@ def turn_sequences(
     return out
 
 
+@dataclass
+class RolloutBatch:
+    """One rollout step's episodes on this rank, scored: what the update trains on and what the step logs.
+
+    Episodes come group by group (``group_size`` contiguous episodes per sample); ``terms`` are computed once
+    per episode and serve the shaped reward, the logged term means and the summary alike.
+    """
+
+    trajectories: list[Trajectory]
+    terms: list[dict[str, float]]  # each episode's unweighted reward terms (atom.env.shaping.reward_terms)
+    rewards: torch.Tensor  # (N,) float: each episode's shaped reward R_i
+    advantages: torch.Tensor  # (N,) float: A_i = R_i - mean_group(R) (optionally over a std)
+    zero_std: torch.Tensor  # (N / G,) bool: groups whose rewards are all equal (no signal)
+    sequences: list[TurnSequence]  # every turn of every kept episode, with its episode's advantage
+
+
+def score(
+    trajectories: list[Trajectory], cfg: GRPOConfig, batch_std: Callable[[torch.Tensor], float | None]
+) -> RolloutBatch:
+    """Rewards, group advantages and the turn sequences of a rollout batch. ``batch_std(rewards)``: the std of
+    every rank's rewards for ``std_scale="batch"`` (None: of these rewards)."""
+    terms = [reward_terms(t) for t in trajectories]
+    rewards = torch.tensor([shaped_reward(x, cfg.reward) for x in terms], dtype=torch.float)
+    std = batch_std(rewards) if cfg.std_scale == "batch" else None
+    advantages = group_advantages(rewards, cfg.group_size, cfg.std_scale, batch_std=std)
+    zero = zero_std_groups(rewards, cfg.group_size)
+    keep = (~zero).repeat_interleave(cfg.group_size) if cfg.drop_zero_std else torch.ones_like(rewards).bool()
+    return RolloutBatch(trajectories, terms, rewards, advantages, zero, turn_sequences(trajectories, advantages, keep))
+
+
+def step_logs(scored: RolloutBatch, summary: dict, group_size: int) -> dict[str, float]:
+    """The rollout step's logged figures of its episodes: rewards, groups, completions, memory use."""
+    completions = [len(t.reply.completion_ids) for tr in scored.trajectories for t in tr.turns]
+    logs = {
+        "grpo/reward": float(scored.rewards.mean()),  # the shaped total (the outcome alone with default weights)
+        **{f"grpo/reward_{k}": v for k, v in summary["reward_terms"].items()},  # each term unweighted, batch mean
+        "grpo/reward_std": float(scored.rewards.view(-1, group_size).std(dim=1, unbiased=False).mean()),
+        "grpo/frac_reward_zero_std": float(scored.zero_std.float().mean()),
+        "grpo/sequences": float(len(scored.sequences)),
+        "grpo/completion_length_mean": sum(completions) / max(len(completions), 1),
+        "grpo/completion_length_max": float(max(completions, default=0)),
+        "grpo/completion_length_min": float(min(completions, default=0)),
+        "grpo/truncated_prompts": summary["truncated_prompts_per_episode"],
+        "memory/store_size": summary["mean_store_size"],
+        "memory/invalid_actions": summary["invalid_per_episode"],
+        "memory/turns_per_episode": summary["llm_calls_per_episode"],  # report: operations per turn
+    }
+    for op in ("create", "read", "update", "delete"):
+        logs[f"memory/{op}_per_episode"] = summary["ops_per_episode"].get(op, 0.0)
+        logs[f"memory/{op}_per_turn"] = summary["ops_per_turn"].get(op, 0.0)  # the paper's usage figure
+    return logs
+
+
 class GRPOModule(L.LightningModule):
     """The GRPO stage: ``training_step(batch)`` rolls out this rank's prompts and runs the update (see above).
 
@@ -178,6 +238,7 @@ class GRPOModule(L.LightningModule):
         self._hold("ref_model", None)
         self._hold("generation_model", None)
         self.groups = {"total": 0, "mixed": 0}  # GRPO groups of this process's rollout steps, all ranks summed
+        self.ranks = Ranks(self)  # the step's collectives (atom.train.ranks)
 
     def _hold(self, name: str, module: torch.nn.Module | None) -> None:
         # A plain attribute, not a submodule: never in state_dict, the optimizer or a checkpoint.
@@ -239,8 +300,9 @@ class GRPOModule(L.LightningModule):
     # -- the step -----------------------------------------------------------------------------------------------
 
     def training_step(self, batch: list[LongContextSample], batch_idx: int) -> None:
+        """One rollout step: rollout -> rewards and advantages -> pi_old -> updates (batches, loss) -> logs."""
         cfg = self.cfg
-        self._disable_ddp_sync()  # Lightning re-enables it after every training_step
+        self.ranks.disable_ddp_sync()
         step = self.current_epoch  # the rollout step: one epoch each
         sampling = dataclasses.replace(self.sampling, seed=self.seed + 7919 * step + self.global_rank)
         t0 = time.perf_counter()
@@ -249,61 +311,33 @@ class GRPOModule(L.LightningModule):
         if self.rollout_engine is not None:
             self.rollout_engine.sleep()  # frees the engine's GPU memory for the update (grpo.vllm.sleep_level)
 
-        shaped, terms = batch_rewards(trajectories, cfg.reward)
-        rewards = torch.tensor(shaped, dtype=torch.float)
-        batch_std = self._global_std(rewards) if cfg.std_scale == "batch" else None
-        advantages = group_advantages(rewards, cfg.group_size, cfg.std_scale, batch_std=batch_std)
-        zero = zero_std_groups(rewards, cfg.group_size)
-        counts = torch.tensor([float(len(zero)), float((~zero).sum())], device=self.device)
-        if self.trainer.world_size > 1:
-            counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
-        self.groups["total"] += int(counts[0])
-        self.groups["mixed"] += int(counts[1])
-        keep = (~zero).repeat_interleave(cfg.group_size) if cfg.drop_zero_std else torch.ones_like(rewards).bool()
-        seqs = turn_sequences(trajectories, advantages, keep)
+        scored = score(trajectories, cfg, self.ranks.std)
+        total, mixed = self.ranks.sum(len(scored.zero_std), (~scored.zero_std).sum())
+        self.groups["total"] += int(total)
+        self.groups["mixed"] += int(mixed)
         recompute = cfg.old_logprobs == "trainer" or getattr(self.rollout_engine, "raw_logprobs", False)
-        logp_diff = self._trainer_old_logprobs(seqs) if recompute else None
-        # A weight-0 stand-in for ranks left with no micro-batch (all their groups dropped): see _update.
-        placeholder = turn_sequences(trajectories[:1], advantages[:1] * 0, keep[:1] | True)[:1]
+        logp_diff = self._trainer_old_logprobs(scored.sequences) if recompute else None
 
         t1 = time.perf_counter()
-        metrics = self._update(seqs, placeholder, step)
+        metrics = self._update(scored.sequences, step)
         self.refresh_generation_model()  # the next rollout (or validation) samples from the updated policy
         update_s = time.perf_counter() - t1
 
-        summary = summarize(trajectories, rollout_s)
-        completions = [len(t.reply.completion_ids) for tr in trajectories for t in tr.turns]
-        logs = {
-            "grpo/reward": rewards.mean(),  # the shaped total (the outcome alone with default weights)
-            **{f"grpo/reward_{k}": v for k, v in terms.items()},  # each term unweighted, batch mean
-            "grpo/reward_std": rewards.view(-1, cfg.group_size).std(dim=1, unbiased=False).mean(),
-            "grpo/frac_reward_zero_std": zero.float().mean(),
-            "grpo/sequences": float(len(seqs)),
-            "grpo/completion_length_mean": sum(completions) / max(len(completions), 1),
-            "grpo/completion_length_max": float(max(completions, default=0)),
-            "grpo/completion_length_min": float(min(completions, default=0)),
-            "grpo/completion_clipped_ratio": sum(c >= self.sampling.max_new_tokens for c in completions)
-            / max(len(completions), 1),
-            "grpo/truncated_prompts": summary["truncated_prompts_per_episode"],
-            "memory/store_size": summary["mean_store_size"],
-            "memory/invalid_actions": summary["invalid_per_episode"],
-            "memory/turns_per_episode": summary["llm_calls_per_episode"],  # report: operations per turn
+        logs = step_logs(scored, summarize(trajectories, rollout_s, terms=scored.terms), cfg.group_size)
+        logs |= {
             "time/rollout": rollout_s,
             "time/update": update_s,
             "time/rollout_tokens_per_s": engine.stats.completion_tokens / max(rollout_s, 1e-9),
             "rollout_step": float(step + 1),
+            **metrics,
         }
-        for op in ("create", "read", "update", "delete"):
-            logs[f"memory/{op}_per_episode"] = summary["ops_per_episode"].get(op, 0.0)
-            logs[f"memory/{op}_per_turn"] = summary["ops_per_turn"].get(op, 0.0)  # the paper's usage figure
-        logs.update(metrics)
         if logp_diff is not None:
             logs["grpo/logp_diff"] = logp_diff
         # Means over ranks (each rank's scalars describe its own share of the rollout batch).
         self.log_dict(
             {k: float(v) for k, v in logs.items()}, on_step=True, batch_size=1, sync_dist=self.trainer.world_size > 1
         )
-        self.log("reward", float(rewards.mean()), prog_bar=True, logger=False, batch_size=1)
+        self.log("reward", float(scored.rewards.mean()), prog_bar=True, logger=False, batch_size=1)
 
     @torch.no_grad()
     def _trainer_old_logprobs(self, seqs: list[TurnSequence]) -> float:
@@ -311,19 +345,12 @@ class GRPOModule(L.LightningModule):
         temperature; return the mean per-token |engine - trainer| gap at T = 1 (``grpo/logp_diff``)."""
         mb, t = self.cfg.micro_batch_size, self.sampling.temperature
         micros = [seqs[i : i + mb] for i in range(0, len(seqs), mb)]
-        # Sharded forwards are collectives: every rank runs as many, extra ones on a repeated micro-batch, or on a
-        # two-token stand-in where a rank has no sequence (all its groups dropped), their results discarded.
-        n = int(self.trainer.strategy.reduce(torch.tensor(float(len(micros)), device=self.device), reduce_op="max"))
-        eos = self.tokenizer.eos_token_id
-        stand_in = [TurnSequence(torch.tensor([eos, eos]), torch.tensor([False, True]), torch.zeros(1))]
         gap, count = 0.0, 0
-        for k in range(n):
-            micro = micros[min(k, len(micros) - 1)] if micros else stand_in
-            prefix = self._prefix(micro)
-            b = {key: v.to(self.device) for key, v in pad_batch(micro, self.tokenizer.pad_token_id, prefix).items()}
+        for micro, real in lockstep(micros, self.ranks.rounds(len(micros)), self.tokenizer.eos_token_id):
+            b = self._batch(micro)
             raw, _ = token_logprobs(self.model, b, 1.0)
             tempered = raw if t in (0.0, 1.0) else token_logprobs(self.model, b, t)[0]
-            if k >= len(micros):
+            if not real:
                 continue
             mask = b["mask"].bool()
             gap += float(((raw - b["old_logprobs"]).abs() * mask).sum())
@@ -332,16 +359,8 @@ class GRPOModule(L.LightningModule):
                 seq.old_logprobs = tempered[row][mask[row]].float().cpu()
         return gap / max(count, 1)
 
-    def _global_std(self, rewards: torch.Tensor) -> float | None:
-        """The unbiased std of the rewards of all ranks (None on one process: group_advantages computes it)."""
-        if self.trainer.world_size == 1:
-            return None
-        moments = torch.tensor([len(rewards), rewards.sum(), (rewards**2).sum()], dtype=torch.float64)
-        n, total, squares = self.trainer.strategy.reduce(moments.to(self.device), reduce_op="sum").tolist()
-        return max((squares - total * total / n) / max(n - 1, 1), 0.0) ** 0.5
-
-    def _update(self, seqs: list[TurnSequence], placeholder: list[TurnSequence], step: int) -> dict[str, float]:
-        """``updates_per_batch`` optimizer steps over the rollout batch; returns mean metrics."""
+    def _update(self, seqs: list[TurnSequence], step: int) -> dict[str, float]:
+        """``updates_per_batch`` optimizer steps over the rollout batch's sequences; returns mean metrics."""
         cfg = self.cfg
         opt = self.optimizers()
         sched = self.lr_schedulers()
@@ -351,30 +370,20 @@ class GRPOModule(L.LightningModule):
         totals: dict[str, float] = {}
         count = 0
         for mb in minibatches:
-            local_tokens = torch.tensor(float(sum(seqs[i].mask.sum() for i in mb)), device=self.device)
-            local_seqs = torch.tensor(float(len(mb)), device=self.device)
-            world = self.trainer.world_size
-            # DDP averages gradients over ranks, so normalise by global count / world size.
-            global_tokens = self.trainer.strategy.reduce(local_tokens, reduce_op="sum") / world
-            global_seqs = self.trainer.strategy.reduce(local_seqs, reduce_op="sum") / world
-            if float(global_tokens) == 0:
+            # token_mean divides by the global loss-token count; DDP and FSDP average the ranks' gradients,
+            # so each rank divides by the global count over the world size.
+            num_tokens, num_seqs = self.ranks.mean(float(sum(seqs[i].mask.sum() for i in mb)), float(len(mb)))
+            if num_tokens == 0:
                 continue
             opt.zero_grad()
             lengths = [len(seqs[i].input_ids) for i in mb]
             micros = [[seqs[i] for i in micro] for micro in micro_batches(mb, lengths, cfg.micro_batch_size)]
-            # Sharded strategies reduce gradients inside every backward: all ranks must run as many backwards.
-            n_micro = int(
-                self.trainer.strategy.reduce(torch.tensor(float(len(micros)), device=self.device), reduce_op="max")
-            )
-            for k in range(n_micro):
-                # A rank with fewer micro-batches (or none: all its groups dropped) runs weight-0 backwards.
-                micro, weight = (micros[k], 1.0) if k < len(micros) else ((micros or [placeholder])[0], 0.0)
-                step_metrics = self._micro_step(micro, float(global_tokens), float(global_seqs), weight)
-                for key, v in step_metrics.items():
+            # Sharded strategies reduce gradients inside every backward: all ranks run as many backwards.
+            for micro, real in lockstep(micros, self.ranks.rounds(len(micros)), self.tokenizer.eos_token_id):
+                for key, v in self._micro_step(micro, num_tokens, num_seqs, 1.0 if real else 0.0).items():
                     totals[key] = totals.get(key, 0.0) + v
-            self._all_reduce_grads()
-            grad_norm = clip_grad_norm(self.model, cfg.grad_clip)
-            totals["grpo/grad_norm"] = totals.get("grpo/grad_norm", 0.0) + grad_norm
+            self.ranks.average_grads(self.model)
+            totals["grpo/grad_norm"] = totals.get("grpo/grad_norm", 0.0) + clip_grad_norm(self.model, cfg.grad_clip)
             opt.step()
             sched.step()
             count += 1
@@ -383,36 +392,10 @@ class GRPOModule(L.LightningModule):
         out["grpo/optimizer_steps"] = float(count)
         return out
 
-    def _all_reduce_grads(self) -> None:
-        """DDP: average gradients over ranks by hand, once per optimizer step (see ``on_train_start``)."""
-        if not isinstance(self.trainer.model, torch.nn.parallel.DistributedDataParallel):
-            return
-        grads = [
-            p.grad if p.grad is not None else torch.zeros_like(p) for p in self.model.parameters() if p.requires_grad
-        ]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        torch.distributed.all_reduce(flat)
-        flat /= self.trainer.world_size
-        offset = 0
-        for p in (p for p in self.model.parameters() if p.requires_grad):
-            n = p.numel()
-            p.grad = flat[offset : offset + n].view_as(p).clone()
-            offset += n
-
-    def _disable_ddp_sync(self) -> None:
-        # Several backwards per training_step (micro-batches, updates) do not fit DDP's one-forward-one-backward
-        # reducer, so automatic gradient sync is off and _all_reduce_grads averages once before each step.
-        if isinstance(self.trainer.model, torch.nn.parallel.DistributedDataParallel):
-            self.trainer.model.require_backward_grad_sync = False
-
     def _micro_step(self, micro: list[TurnSequence], num_tokens: float, num_seqs: float, weight: float = 1.0):
         """Forward/backward of one micro-batch; ``weight`` 0 runs a no-op backward that keeps ranks in step."""
         cfg = self.cfg
-        if not micro:
-            return {}
-        b = {
-            k: v.to(self.device) for k, v in pad_batch(micro, self.tokenizer.pad_token_id, self._prefix(micro)).items()
-        }
+        b = self._batch(micro)
         logprobs, entropy = token_logprobs(self.model, b, self.sampling.temperature, with_entropy=True)
         ref = None
         if cfg.kl_coef > 0:
@@ -431,6 +414,11 @@ class GRPOModule(L.LightningModule):
         out["grpo/loss"] = float(loss.detach())
         out["grpo/entropy"] = float((entropy * b["mask"]).sum()) / num_tokens
         return out
+
+    def _batch(self, micro: list[TurnSequence]) -> dict[str, torch.Tensor]:
+        """The micro-batch's padded tensors (``pad_batch``) on this rank's device."""
+        padded = pad_batch(micro, self.tokenizer.pad_token_id, self._prefix(micro))
+        return {k: v.to(self.device) for k, v in padded.items()}
 
     def _prefix(self, micro: list[TurnSequence]) -> int:
         """The micro-batch's shared prompt prefix (``grpo.share_prefix``), 0 = plain forward. Not under FSDP:
@@ -453,8 +441,7 @@ class GRPOModule(L.LightningModule):
         keys = ("em", "f1", "release_em", "release_applies")
         summary = summarize(trajectories, 0.0) if trajectories else dict.fromkeys(keys, 0.0)
         n = len(trajectories)
-        totals = torch.tensor([*(float(summary[k]) * n for k in keys), n], dtype=torch.float64, device=self.device)
-        *sums, count = self.trainer.strategy.reduce(totals, reduce_op="sum").tolist()
+        *sums, count = self.ranks.sum(*(float(summary[k]) * n for k in keys), n, dtype=torch.float64)
         logged = {f"val/{k}": v / max(count, 1) for k, v in zip(keys[:3], sums)}
         if not sums[3]:  # answers not asked boxed: the release scorer is 0 by construction
             del logged["val/release_em"]
