@@ -60,7 +60,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import lightning as L
 import torch
 
 from atom.data.longcontext import LongContextSample
@@ -86,8 +85,9 @@ from atom.train.losses import (
     zero_std_groups,
 )
 from atom.train.ranks import Ranks, lockstep
-from atom.train.sharding import RankZeroState, is_fsdp, materialize, meta_copy, stream_full_weights, unshard
-from atom.train.trainer import adamw_with_warmup, clip_grad_norm
+from atom.train.sharding import RankZeroState, is_fsdp, materialize, meta_copy, stream_full_weights
+from atom.train.stage import PolicyStage
+from atom.train.trainer import clip_grad_norm
 
 
 @dataclass
@@ -206,13 +206,15 @@ def step_logs(scored: RolloutBatch, summary: dict, group_size: int) -> dict[str,
     return logs
 
 
-class GRPOModule(L.LightningModule):
+class GRPOModule(PolicyStage):
     """The GRPO stage: ``training_step(batch)`` rolls out this rank's prompts and runs the update (see above).
 
     The KL reference is the adapter-free base under LoRA, else a frozen copy of the starting policy built in
     ``configure_model`` (sharded like the policy under FSDP). Neither it nor the generation copy is a
     registered submodule: checkpoints hold the policy, its optimizer and the loop state only.
     """
+
+    stage = "grpo"
 
     def __init__(
         self,
@@ -225,59 +227,46 @@ class GRPOModule(L.LightningModule):
         max_prompt_tokens: int = 0,
         make_rollout_engine: Callable[[], object] | None = None,
     ):
-        super().__init__()
+        super().__init__(model, cfg)
         self.automatic_optimization = False
-        self.model, self.tokenizer, self.cfg, self.sampling = model, tokenizer, cfg, sampling
+        self.tokenizer, self.sampling = tokenizer, sampling
         self.make_engine, self.seed = make_engine, seed
         self.max_prompt_tokens = max_prompt_tokens
         # grpo.rollout_engine=vllm: builds this rank's VLLMPolicy on first use (after the process group exists)
         self.make_rollout_engine = make_rollout_engine
         self.rollout_engine = None
-        # FSDP: the policy's module tree on the meta device; a plain attribute, not a submodule
-        object.__setattr__(self, "skeleton", None)
         self._hold("ref_model", None)
         self._hold("generation_model", None)
         self.groups = {"total": 0, "mixed": 0}  # GRPO groups of this process's rollout steps, all ranks summed
         self.ranks = Ranks(self)  # the step's collectives (atom.train.ranks)
 
-    def _hold(self, name: str, module: torch.nn.Module | None) -> None:
-        # A plain attribute, not a submodule: never in state_dict, the optimizer or a checkpoint.
-        object.__setattr__(self, name, module)
-
     # -- models: policy (sharded under FSDP), frozen reference, generation copy ----------------------------------
 
+    def _needs_ref(self) -> bool:
+        return self.cfg.kl_coef > 0 and not hasattr(self.model, "disable_adapter")
+
     def configure_model(self) -> None:
-        needs_ref = self.cfg.kl_coef > 0 and not hasattr(self.model, "disable_adapter")
         if not is_fsdp(self.trainer.strategy):
-            if needs_ref and self.ref_model is None:  # full fine-tuning: a frozen copy of the starting policy
+            if self._needs_ref() and self.ref_model is None:  # full fine-tuning: a frozen copy of the start
                 self._hold("ref_model", copy.deepcopy(self.model).requires_grad_(False).eval())
             return
         if self.skeleton is not None:
             return
-        strategy = self.trainer.strategy
-        object.__setattr__(self, "skeleton", meta_copy(self.model))
-        source = RankZeroState(self.model, self.global_rank)  # the starting policy: also the KL reference
-        if needs_ref:
-            ref = strategy.shard(meta_copy(self.skeleton), source)
-            self._hold("ref_model", ref.requires_grad_(False).eval())
-        strategy.shard(self.model, source)
-        del source
+        super().configure_model()  # shards the reference (shard_alongside), then the policy
         if self.make_rollout_engine is None:  # a vLLM engine generates from its own copy of the weights
+            strategy = self.trainer.strategy
             gen = materialize(self.skeleton, strategy.root_device, strategy.compute_dtype)
             self._hold("generation_model", gen.requires_grad_(False).eval())
+
+    def shard_alongside(self, source: RankZeroState) -> None:
+        if self._needs_ref():  # the starting policy is also the KL reference
+            ref = self.trainer.strategy.shard(meta_copy(self.skeleton), source)
+            self._hold("ref_model", ref.requires_grad_(False).eval())
 
     def refresh_generation_model(self) -> None:
         """FSDP: stream the policy's current weights into the generation copy (a collective)."""
         if self.generation_model is not None:
             stream_full_weights(self.model, self.generation_model)
-
-    def trained_model(self) -> torch.nn.Module:
-        """The trained policy, unsharded (under FSDP: on rank zero; a meta skeleton elsewhere). A collective."""
-        return unshard(self.model, self.skeleton, self.global_rank) if self.skeleton is not None else self.model
-
-    def on_fit_start(self) -> None:
-        # from_pretrained returns eval mode, which Lightning preserves: train mode before its start-of-training check
-        self.model.train()  # the frozen reference (not a submodule) stays in eval mode
 
     def on_train_start(self) -> None:
         if self.ref_model is not None and not is_fsdp(self.trainer.strategy):
@@ -446,7 +435,3 @@ class GRPOModule(L.LightningModule):
         if not sums[3]:  # answers not asked boxed: the release scorer is 0 by construction
             del logged["val/release_em"]
         self.log_dict(logged, batch_size=1)
-
-    def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        return adamw_with_warmup(params, self.cfg.lr, self.cfg.weight_decay, self.cfg.warmup_steps, "grpo")

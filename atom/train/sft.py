@@ -26,8 +26,9 @@ from atom.policy.hf import centre_truncate, encode_prompt
 from atom.train.batches import TurnSequence, all_or_none, pad_batch, prefix_sharing, shared_prefix, token_logprobs
 from atom.train.collection import TeacherConfig
 from atom.train.preemption import ResumableLoader
-from atom.train.sharding import RankZeroState, is_fsdp, meta_copy, unshard
-from atom.train.trainer import adamw_with_warmup, clip_grad_norm
+from atom.train.sharding import is_fsdp
+from atom.train.stage import PolicyStage
+from atom.train.trainer import clip_grad_norm
 
 IGNORE = -100
 
@@ -159,31 +160,17 @@ class DemoDataModule(L.LightningDataModule):
         )  # fmt: skip
 
 
-class SFTModule(L.LightningModule):
+class SFTModule(PolicyStage):
     """Next-token cross-entropy on completion tokens (token mean over the micro-batch).
 
-    Under FSDP the policy is sharded in ``configure_model`` (see ``atom.train.sharding``) and
-    ``trained_model()`` streams it back into one unsharded model on rank zero after ``fit``.
+    Under FSDP the policy is sharded in ``configure_model`` and ``trained_model()`` streams it back into one
+    unsharded model on rank zero after ``fit`` (``atom.train.stage``).
     """
 
+    stage = "sft"
+
     def __init__(self, model, cfg: SFTConfig):
-        super().__init__()
-        self.model, self.cfg = model, cfg
-        # FSDP: the policy's module tree on the meta device; a plain attribute, not a submodule
-        object.__setattr__(self, "skeleton", None)
-
-    def configure_model(self) -> None:
-        if is_fsdp(self.trainer.strategy) and self.skeleton is None:
-            object.__setattr__(self, "skeleton", meta_copy(self.model))
-            self.trainer.strategy.shard(self.model, RankZeroState(self.model, self.global_rank))
-
-    def trained_model(self) -> torch.nn.Module:
-        """The trained policy, unsharded (under FSDP: on rank zero; a meta skeleton elsewhere). A collective."""
-        return unshard(self.model, self.skeleton, self.global_rank) if self.skeleton is not None else self.model
-
-    def on_fit_start(self) -> None:
-        # from_pretrained returns eval mode, which Lightning preserves: train mode before its start-of-training check
-        self.model.train()
+        super().__init__(model, cfg)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         # Whole sequences without a KV cache in training (activation checkpointing) and under FSDP (FSDP2 frees
@@ -201,10 +188,6 @@ class SFTModule(L.LightningModule):
         # By hand rather than Lightning's: its FSDP precision plugin refuses norm clipping; this also logs the norm.
         norm = clip_grad_norm(self.model, float(gradient_clip_val or 0.0))
         self.log("sft/grad_norm", norm, batch_size=1)
-
-    def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        return adamw_with_warmup(params, self.cfg.lr, self.cfg.weight_decay, self.cfg.warmup_steps, "sft")
 
 
 def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
