@@ -12,10 +12,9 @@ what ``sft.demos`` reads (filtering happens when reading, so one file serves sev
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 
-from atom import pipeline
+from atom import jsonl, pipeline
 from atom.cli import entry_point
 from atom.cli import parser as cli_parser
 from atom.config import ConfigError, load_config
@@ -61,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     judge = build_judge(cfg.eval.judge)
     engine = p.engine(policy)
     counts = collect(lambda s, r: engine.run(s, repeats=r), samples, args.out, args.repeats, args.batch, judge)
-    rows = [json.loads(line) for line in open(args.out)]
+    rows = list(jsonl.read(args.out, what="a trajectory record"))
     key = "judge_reward" if judge is not None else "reward"
     kept = sum((r.get(key) if r.get(key) is not None else -1) >= cfg.sft.min_reward for r in rows)
     mean = sum(r["reward"] for r in rows) / max(len(rows), 1)

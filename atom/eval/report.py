@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from atom import jsonl
 from atom.env.rollout import Trajectory
 from atom.env.shaping import TERMS, reward_terms
 
@@ -105,18 +106,16 @@ def write_results(out_dir: str | Path, rows: dict[str, dict], trajectories: dict
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"meta": meta, "methods": rows}, indent=2))
     (out / "results.md").write_text(markdown_table(rows) + "\n")
-    with open(out / "episodes.jsonl", "w") as f:
-        for method, trajs in trajectories.items():
-            method_terms = terms[method] if terms is not None else [reward_terms(t) for t in trajs]
-            for t, t_terms in zip(trajs, method_terms):
-                r = t.result
-                f.write(json.dumps({
-                    "method": method, "sample_id": r.sample_id, "predictions": r.predictions, "em": r.em,
-                    "f1": r.f1, "release_em": r.release_em, "release_score": r.release_score,
-                    "ops": dict(r.stats.ops), "invalid": dict(r.stats.invalid),
-                    "llm_calls": r.stats.llm_calls, "store_sizes": r.stats.store_sizes,
-                    "truncated_prompts": r.stats.truncated_prompts,
-                    "cut_off_turns": sum(bool(x.reply.cut_off) for x in t.turns),
-                    "reward_terms": t_terms,
-                }) + "\n")  # fmt: skip
+    jsonl.write(out / "episodes.jsonl", (
+        {
+            "method": method, "sample_id": t.result.sample_id, "predictions": t.result.predictions,
+            "em": t.result.em, "f1": t.result.f1, "release_em": t.result.release_em,
+            "release_score": t.result.release_score, "ops": dict(t.result.stats.ops),
+            "invalid": dict(t.result.stats.invalid), "llm_calls": t.result.stats.llm_calls,
+            "store_sizes": t.result.stats.store_sizes, "truncated_prompts": t.result.stats.truncated_prompts,
+            "cut_off_turns": sum(bool(x.reply.cut_off) for x in t.turns), "reward_terms": t_terms,
+        }
+        for method, trajs in trajectories.items()
+        for t, t_terms in zip(trajs, terms[method] if terms is not None else [reward_terms(x) for x in trajs])
+    ))  # fmt: skip
     return out / "results.json"

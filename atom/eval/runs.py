@@ -16,6 +16,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from atom import jsonl
+
 # eval/<tag> of atom.fit -> the training stages before the evaluation
 _TAG_STAGE = {"before": "untrained", "final": ""}
 
@@ -161,15 +163,13 @@ def store_sizes(result: Result) -> list[float]:
         return []
     sums: list[float] = []
     counts: list[int] = []
-    with open(result.episodes_file) as f:
-        for line in f:
-            ep = json.loads(line)
-            if ep.get("method") != result.method:
-                continue
-            for t, size in enumerate(ep.get("store_sizes", [])):
-                if t == len(sums):
-                    sums.append(0.0)
-                    counts.append(0)
-                sums[t] += size
-                counts[t] += 1
+    for ep in jsonl.read(result.episodes_file, what="an episode record"):
+        if ep.get("method") != result.method:
+            continue
+        for t, size in enumerate(ep.get("store_sizes", [])):
+            if t == len(sums):
+                sums.append(0.0)
+                counts.append(0)
+            sums[t] += size
+            counts[t] += 1
     return [s / c for s, c in zip(sums, counts)]

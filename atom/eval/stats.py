@@ -7,12 +7,13 @@ two-sided (scipy's ``binomtest``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from scipy.stats import binomtest
+
+from atom import jsonl
 
 
 @dataclass(frozen=True)
@@ -52,16 +53,12 @@ def question_em(eval_dir: Path, method: str) -> dict[tuple[str, int], float]:
     (sample id, question index)."""
     path = Path(eval_dir) / "episodes.jsonl"
     out = {}
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if row["method"] == method:
-                    out.update({(row["sample_id"], i): float(em) for i, em in enumerate(row["em"])})
-            except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}:{lineno}: not an episode record ({exc!r})") from exc
+
+    def parse(row: dict) -> dict[tuple[str, int], float]:
+        return {(row["sample_id"], i): float(em) for i, em in enumerate(row["em"])} if row["method"] == method else {}
+
+    for ems in jsonl.read(path, parse, "an episode record"):
+        out.update(ems)
     return out
 
 

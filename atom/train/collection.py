@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from atom import jsonl
 from atom.policy.openai_client import ServerConfig
 
 log = logging.getLogger(__name__)
@@ -100,11 +100,8 @@ def collect(
         for need in sorted({n for _, n in chunk}):  # == repeats except after a torn write
             trajectories += run([s for s, n in chunk if n == need], need)
         verdicts = judge.judge_trajectories(trajectories, [s for s, _ in chunk]) if judge is not None else None
-        with open(path, "a") as f:
-            for i, t in enumerate(trajectories):
-                f.write(json.dumps(trajectory_record(t, verdicts[i] if verdicts else None)) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        rows = (trajectory_record(t, verdicts[i] if verdicts else None) for i, t in enumerate(trajectories))
+        jsonl.append(path, rows, sync=True)
         written += len(trajectories)
         log.info("%s: %d trajectories appended (%d of %d samples done)", path, written,
                  skipped + start + len(chunk), len(samples))  # fmt: skip

@@ -9,7 +9,6 @@ learned.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,6 +18,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from atom import jsonl
 from atom.data.datamodule import EpochShuffler
 from atom.data.records import DataError
 from atom.env.rollout import Trajectory
@@ -69,15 +69,6 @@ def demos_from_trajectories(trajectories: Sequence[Trajectory], min_reward: floa
     ]
 
 
-def write_trajectories(path: str | Path, trajectories: Sequence[Trajectory]) -> int:
-    """Write trajectories as JSONL (one line each: sample id, reward, turns as messages + completion)."""
-    with open(path, "w") as f:
-        for t in trajectories:
-            turns = [{"messages": x.messages, "completion": x.reply.text, "phase": x.phase} for x in t.turns]
-            f.write(json.dumps({"sample_id": t.sample_id, "reward": t.reward, "turns": turns}) + "\n")
-    return len(trajectories)
-
-
 def read_demos(path: str | Path, min_reward: float) -> list[dict]:
     """Demonstrations from a trajectories JSONL; a malformed line is an error naming the file and line.
 
@@ -85,21 +76,17 @@ def read_demos(path: str | Path, min_reward: float) -> list[dict]:
     judge accepts paraphrases that exact match rejects, so filtering on both would drop exactly those. A line whose
     judging failed (``judge_reward`` null) is not kept.
     """
+
+    def parse(row: dict) -> tuple[float, list[tuple]]:
+        reward = float(row["reward"])
+        if "judge_reward" in row:
+            reward = -1.0 if row["judge_reward"] is None else float(row["judge_reward"])
+        return reward, [(t["messages"], str(t["completion"])) for t in row["turns"]]
+
     demos = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                reward = float(row["reward"])
-                if "judge_reward" in row:
-                    reward = -1.0 if row["judge_reward"] is None else float(row["judge_reward"])
-                turns = [(t["messages"], str(t["completion"])) for t in row["turns"]]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise DataError(f"{path}:{lineno}: not a trajectory record ({exc!r})") from exc
-            if reward >= min_reward:
-                demos += [{"messages": m, "completion": c, "reward": reward} for m, c in turns]
+    for reward, turns in jsonl.read(path, parse, "a trajectory record", DataError):
+        if reward >= min_reward:
+            demos += [{"messages": m, "completion": c, "reward": reward} for m, c in turns]
     return demos
 
 
