@@ -10,7 +10,7 @@ import torch
 
 from atom import pipeline
 from atom.config import load_config
-from atom.train.batches import all_or_none, prefix_sharing, token_logprobs
+from atom.train.batches import prefix_sharing, token_logprobs, unshared
 from atom.train.sft import IGNORE, DemoDataModule, collate, read_demos, sft_loss, tokenize_demo
 
 from .test_grpo import TINY
@@ -62,7 +62,7 @@ def test_loss_is_next_token_cross_entropy_over_labelled_tokens_with_or_without_t
         return float(loss), torch.cat([q.grad.flatten() for q in model.parameters()])
 
     shared = grads(sft_loss(token_logprobs(model, batch, 1.0)[0], batch["mask"]))
-    plain_batch = all_or_none(batch, everywhere=False)
+    plain_batch = unshared(batch)
     assert "prefix_ids" not in plain_batch
     plain = grads(sft_loss(token_logprobs(model, plain_batch, 1.0)[0], plain_batch["mask"]))
     # the reference: each example alone, full logits, torch's cross-entropy over the labelled positions
@@ -118,7 +118,7 @@ def test_epoch_order_depends_only_on_seed_and_epoch(tokenizer):
     def order(epoch: int) -> list[tuple[int, ...]]:
         loader = DemoDataModule(demos, tokenizer, 128, batch_size=3, seed=7).train_dataloader()
         loader.sampler.set_epoch(epoch)
-        rows = [all_or_none(batch, everywhere=False)["input_ids"] for batch in loader]
+        rows = [unshared(batch)["input_ids"] for batch in loader]
         return [tuple(t for t in row if t != tokenizer.pad_token_id) for rs in rows for row in rs.tolist()]
 
     assert order(1) == order(1)

@@ -441,6 +441,6 @@ def test_torch_is_imported_before_hnswlib():
     import subprocess
     import sys
 
-    code = "import sys, atom.memory; m = list(sys.modules); print(m.index('torch') < m.index('hnswlib'))"
+    code = "import sys, atom.memory.store; m = list(sys.modules); print(m.index('torch') < m.index('hnswlib'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"

@@ -23,7 +23,7 @@ from atom.env.rollout import RolloutEngine, Trajectory, atommem_episode
 from atom.env.shaping import reward_terms
 from atom.eval.categories import by_category, category_table
 from atom.eval.judge import Judge, JudgeConfig, judge_summary
-from atom.eval.report import markdown_table, summarize, write_results
+from atom.eval.report import summarize, write_results
 from atom.eval.viewer import write_viewer
 from atom.policy.factory import make_policy
 from atom.policy.hf import SamplingConfig
@@ -136,4 +136,4 @@ def evaluate(
     return rows, trajectories
 
 
-__all__ = ["EvalConfig", "METHODS", "evaluate", "markdown_table"]
+__all__ = ["EvalConfig", "METHODS", "evaluate"]

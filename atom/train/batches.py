@@ -108,10 +108,10 @@ def prefix_sharing(model) -> bool:
     return True
 
 
-def all_or_none(batch: dict[str, torch.Tensor], everywhere: bool) -> dict[str, torch.Tensor]:
-    """``batch`` as it is when ``everywhere`` (the prefix may be shared), else with its prefix put back into
-    every row (between the prefix and a shorter row's tokens lie masked pads): the same tokens, one forward."""
-    if everywhere or "prefix_ids" not in batch:
+def unshared(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``batch`` with its shared prefix (``prefix_ids``) put back into every row (between the prefix and a shorter
+    row's tokens lie masked pads): the same tokens, one plain forward. A batch without a prefix as it is."""
+    if "prefix_ids" not in batch:
         return batch
     out = dict(batch)
     prefix = out.pop("prefix_ids")

@@ -23,7 +23,7 @@ from atom.data.datamodule import EpochShuffler
 from atom.data.records import DataError
 from atom.env.rollout import Trajectory
 from atom.policy.hf import centre_truncate, encode_prompt
-from atom.train.batches import TurnSequence, all_or_none, pad_batch, prefix_sharing, shared_prefix, token_logprobs
+from atom.train.batches import TurnSequence, pad_batch, prefix_sharing, shared_prefix, token_logprobs, unshared
 from atom.train.collection import TeacherConfig
 from atom.train.preemption import ResumableLoader
 from atom.train.sharding import is_fsdp
@@ -163,7 +163,7 @@ class SFTModule(PolicyStage):
         # Whole sequences without a KV cache in training (activation checkpointing) and under FSDP (FSDP2 frees
         # the gathered weights after each forward, and the prefix forward's backward then fails).
         if not prefix_sharing(self.model) or is_fsdp(self.trainer.strategy):
-            batch = all_or_none(batch, everywhere=False)
+            batch = unshared(batch)
         logprobs, _ = token_logprobs(self.model, batch, 1.0)
         loss = sft_loss(logprobs, batch["mask"])
         tokens = batch["mask"].sum()
