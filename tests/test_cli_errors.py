@@ -15,13 +15,18 @@ from pathlib import Path
 import pytest
 
 from atom.collect import main as collect_main
-from atom.data.__main__ import main as data_main
+from atom.data_stats import main as data_main
 from atom.evaluate import main as evaluate_main
 from atom.fit import main as fit_main
 from atom.rundir import RunLocked, hold
 
 ROOT = Path(__file__).resolve().parents[1]
-MAINS = {"atom.fit": fit_main, "atom.evaluate": evaluate_main, "atom.data": data_main, "atom.collect": collect_main}
+MAINS = {
+    "atom.fit": fit_main,
+    "atom.evaluate": evaluate_main,
+    "atom.data_stats": data_main,
+    "atom.collect": collect_main,
+}
 FAST = [
     "model.name_or_path=tiny",
     "memory.embedder=hash",
@@ -80,13 +85,13 @@ CASES = [
      r"{d}/empty.yaml: the config file is empty; give at least one key \(e.g. run.name: my_run\)"),
     ("YAML syntax error", "atom.evaluate", [], "syntax.yaml", r"{d}/syntax.yaml: not valid YAML: "),
     ("base: cycle", "atom.fit", [], "cycle_a.yaml", r"{d}/cycle_a.yaml: 'base' cycle through "),
-    ("missing base: file", "atom.data", [], "orphan.yaml",
+    ("missing base: file", "atom.data_stats", [], "orphan.yaml",
      r"{d}/orphan.yaml: its base: file {d}/gone.yaml is not found; fix the 'base:' line \(relative to it\)"),
     ("run.stages=[]", "atom.fit", ["run.stages=[]"], "good.yaml",
      r"invalid config \(.*\): run.stages is empty: nothing to run; list stages, e.g. run.stages=\[sft,grpo,eval\]"),
     ("grpo.group_size=1", "atom.fit", ["grpo.group_size=1"], "good.yaml",
      r"invalid config \(.*\): grpo.group_size must be >= 2, got 1: the advantage is a reward minus its group's mean"),
-    ("missing data file", "atom.data", [*HP, "data.path={d}/missing.json"], "good.yaml",
+    ("missing data file", "atom.data_stats", [*HP, "data.path={d}/missing.json"], "good.yaml",
      r"data.path='{d}/missing.json': file not found"),
     ("empty data file (JSON array)", "atom.evaluate", [*HP, "data.path={d}/empty.json"], "good.yaml",
      r"{d}/empty.json: the file holds no records; point data.path at a hotpotqa file with records"),
@@ -96,7 +101,7 @@ CASES = [
      r"{d}/truncated.json: record 1 \(id 'h2'\): not valid JSON: "),
     ("bad JSONL line", "atom.evaluate", ["data.dataset=musique", "data.path={d}/bad_line.jsonl"], "good.yaml",
      r"{d}/bad_line.jsonl: record 1 \(line 2, id 'm2'\): not valid JSON: "),
-    ("missing answer field", "atom.data", [*HP, "data.path={d}/no_answer.json"], "good.yaml",
+    ("missing answer field", "atom.data_stats", [*HP, "data.path={d}/no_answer.json"], "good.yaml",
      r"{d}/no_answer.json: record 0 \(id 'h1'\): missing key 'answer' \(record keys: "),
     ("model dir missing", "atom.fit", ["model.name_or_path={d}/runs/x/policy"], "good.yaml",
      r"model.name_or_path='{d}/runs/x/policy': no such directory; point it at a saved model directory"),
@@ -203,10 +208,10 @@ def test_a_second_fit_on_a_held_run_stops_at_once_naming_the_holder_and_a_dead_h
 @pytest.mark.slow
 def test_a_real_process_exits_2_with_only_the_line(files):
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    argv = [sys.executable, "-m", "atom.data", str(files / "good.yaml"), "grpo.lr_rate=1"]
+    argv = [sys.executable, "-m", "atom.data_stats", str(files / "good.yaml"), "grpo.lr_rate=1"]
     quiet = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert quiet.returncode == 2 and quiet.stdout == ""
-    assert quiet.stderr.strip().splitlines() == [the_line("atom.data", quiet.stderr)]
+    assert quiet.stderr.strip().splitlines() == [the_line("atom.data_stats", quiet.stderr)]
     assert "unknown config key 'grpo.lr_rate'" in quiet.stderr
 
 

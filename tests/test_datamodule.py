@@ -10,11 +10,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from atom.data.__main__ import main as stats_main
 from atom.data.datamodule import AtomDataModule, EpochShuffler, split_records
 from atom.data.loaders import DataConfig
 from atom.data.longcontext import LongContextSample
 from atom.data.synthetic import SyntheticConfig
+from atom.data_stats import main as stats_main
 
 
 def small(**kw) -> DataConfig:
@@ -165,7 +165,7 @@ def test_lightning_epochs_reshuffle_and_resume_reproduces_the_order(tmp_path):
 
 
 def test_stats_command_on_the_synthetic_task(tmp_path, capsys, monkeypatch):
-    import atom.data.__main__ as cli
+    import atom.data_stats as cli
 
     class _Tiny:
         # a stand-in policy tokenizer: the statistics logic is under test here, not the tokenizer

@@ -1,6 +1,6 @@
 """Sample datasets on invented fixture files: the generic JSONL format, LongMemEval, LoCoMo and MemoryAgentBench
 (fields, evidence, categories, abstention), one-line errors naming file, record and field, their statistics
-through ``python -m atom.data``, and the oracle and a baseline through ``python -m atom.evaluate``."""
+through ``python -m atom.data_stats``, and the oracle and a baseline through ``python -m atom.evaluate``."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from atom.data.__main__ import main as data_main
 from atom.data.datamodule import AtomDataModule
 from atom.data.loaders import DataConfig
 from atom.data.memory_benchmarks import load_samples
 from atom.data.records import DataError
 from atom.data.samples import ABSTENTION_ANSWERS, passages
+from atom.data_stats import main as data_main
 from atom.evaluate import main as evaluate_main
 
 from .conftest import FIXTURES, TINY

@@ -55,12 +55,12 @@ GRAPH = {name: imported_modules(name, path) for name, path in MODULES.items()}
 def package_of(module: str) -> str:
     """The node of ``module`` in the package graph.
 
-    A subpackage's modules are one node (``atom.data``); a top-level module (``atom.config``, ``atom.fit``) and a
-    ``python -m`` entry point (``atom.data.__main__``) are nodes of their own: entry points sit on top of the
-    library, not inside the package whose name they run under.
+    A subpackage's modules are one node (``atom.data``), ``__main__`` included: an entry point that reads the config
+    or trains lives at the top level (``atom.data_stats``); a top-level module (``atom.config``, ``atom.fit``) is a
+    node of its own.
     """
     parts = module.split(".")
-    if parts[-1] == "__main__" or len(parts) <= 2:
+    if len(parts) <= 2:
         return module
     return ".".join(parts[:2])
 

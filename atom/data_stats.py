@@ -1,16 +1,18 @@
-"""Statistics of the long-context samples: ``python -m atom.data CONFIG [key=value ...]``.
+"""Statistics of the long-context samples: ``python -m atom.data_stats CONFIG [key=value ...]``.
 
-Usage: ``python -m atom.data CONFIG [key=value ...] [--split both|train|val|all] [--out FILE]``.
+Usage: ``python -m atom.data_stats CONFIG [key=value ...] [--split both|train|val|all] [--out FILE]``.
 
 Builds the long-context samples the config describes and prints, per split: samples, questions, documents,
 tokens (policy tokenizer) and chunks per sample (mean/min/max), the share of samples whose context was
 centre-truncated, and the share of samples whose supporting paragraphs all survived, first into the documents
 and then also through the centre truncation at ``data.max_chunks``. ``--split all`` uses every record in file
-order (no train/validation split). Each context is tokenized once.
+order (no train/validation split). Each context is tokenized once. A top-level entry point, not
+``atom/data/__main__.py``: it reads the experiment config (``atom.config``) and the policy tokenizer, which sit
+above the data package.
 
 Example (the paper's HotpotQA setting over the shipped sample):
 
-    python -m atom.data experiments/quickstart.yaml data.dataset=hotpotqa data.val_fraction=1.0 \\
+    python -m atom.data_stats experiments/quickstart.yaml data.dataset=hotpotqa data.val_fraction=1.0 \\
         data.path=../shared/data/hotpotqa/hotpot_dev_distractor_v1.sample.json data.num_docs=200
 """
 
@@ -120,9 +122,9 @@ def _print(name: str, stats: dict) -> None:
         print("  questions by category: " + ", ".join(f"{k} {v}" for k, v in stats["questions_by_category"].items()))
 
 
-@entry_point("atom.data")
+@entry_point("atom.data_stats")
 def main(argv: list[str] | None = None) -> dict:
-    parser = cli_parser("python -m atom.data", __doc__)
+    parser = cli_parser("python -m atom.data_stats", __doc__)
     parser.add_argument("config", help="experiment YAML (its data and model sections are used)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.num_docs=400")
     parser.add_argument(
