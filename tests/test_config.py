@@ -1,4 +1,4 @@
-"""Strict config loading: typos and wrong types are errors naming the key; the README reference stays true."""
+"""Strict config loading: typos and wrong types are errors naming the key; docs/config.md's reference stays true."""
 
 from __future__ import annotations
 
@@ -63,9 +63,9 @@ def test_saved_config_reloads_to_the_same_config(tmp_path):
     assert load_config(path) == cfg
 
 
-def test_readme_config_reference_is_current():
-    readme = (ROOT / "README.md").read_text()
-    assert reference_markdown() in readme, "regenerate the README table with: python -m atom.config"
+def test_docs_config_reference_is_current():
+    reference = (ROOT / "docs" / "config.md").read_text()
+    assert reference_markdown() in reference, "regenerate the table in docs/config.md with: python -m atom.config"
 
 
 def test_lora_dropout_with_grpo_is_refused_naming_the_field():
