@@ -224,7 +224,7 @@ def reference(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]
 
 
 def reference_markdown() -> str:
-    """The config reference table of the README (``python -m atom.config``)."""
+    """The config reference table, docs/config.md (``python -m atom.config`` writes it)."""
     lines = ["| key | default | meaning |", "|---|---|---|"]
     lines += [f"| `{k}` | `{d}` | {c.replace('|', '/')} |" for k, d, c in reference()]
     return "\n".join(lines)

@@ -10,7 +10,7 @@ and gradient checkpointing:
 - ``fsdp_sft_grpo``: SFT (oracle demonstrations), one GRPO step, evaluation, ``policy/`` saved;
 - ``resume``: the same command again with ``grpo.max_steps=2``: SFT is not retrained, GRPO resumes at step 1;
 - ``lora``: SFT then one GRPO step with LoRA adapters on a bf16 base, one GPU (``trainer.strategy=auto``);
-- ``memory``: the FSDP run's peak GPU memory against the README's formula (22N bytes at world size 1: fp32
+- ``memory``: the FSDP run's peak GPU memory against docs/gpu.md's formula (22N bytes at world size 1: fp32
   policy, gradients and AdamW moments, fp32 KL reference, bf16 generation copy; plus the transients).
 
 One PASS/FAIL/SKIP line per check, and ``gpu_check.json`` in ``$OUT`` (else ``benchmarks/results/``).
@@ -217,7 +217,7 @@ def _global_step(ckpt: Path) -> int:
 
 
 def memory_budget(n: int, sizes: dict, micro_batch: int, tokens: int) -> dict[str, float]:
-    """The README's formula at world size 1 (GiB): the static 22N (fp32 policy 4N, gradients 4N, AdamW moments 8N,
+    """docs/gpu.md's formula at world size 1 (GiB): the static 22N (fp32 policy 4N, gradients 4N, AdamW moments 8N,
     fp32 KL reference 4N, bf16 generation copy 2N) and the transients on top (the root unit, 2VH parameters,
     gathered in bf16 with its bf16 gradients and their fp32 copy: 16VH bytes; logits, log-softmax and their
     gradient in fp32: 3 x 4 x b T V bytes; the CUDA context and allocator: 2 GiB)."""

@@ -251,7 +251,7 @@ def load_samples(cfg: DataConfig) -> list[LongContextSample]:
     if cfg.dataset not in SAMPLE_DATASETS:
         raise DataError(f"data.dataset={cfg.dataset!r} is not a sample dataset {list(SAMPLE_DATASETS)}")
     if not cfg.path:
-        raise DataError(f"data.path is empty: set it to a {cfg.dataset} file (README, Data)")
+        raise DataError(f"data.path is empty: set it to a {cfg.dataset} file (docs/data.md)")
     path = Path(cfg.path).expanduser()
     if path.is_dir():
         raise DataError(f"data.path={cfg.path!r} is a directory; point it at the {cfg.dataset} file itself")

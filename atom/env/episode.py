@@ -63,7 +63,7 @@ class AgentConfig:
     action_max_chars: int = 2000  # bodies of actions are cut to this length
     memory_max_chars: int = 1000  # each retrieved memory is shown cut to this length
     boxed_answers: bool = False  # ask for \boxed{...} answers; SQuAD EM/F1 then compare the box content
-    protocol: str = "atom"  # atom (stable ids, a chunk per turn) | release (the AtomMem release's rules; README)
+    protocol: str = "atom"  # atom (stable ids, a chunk per turn) | release (the AtomMem release's rules; docs/agent.md)
     reward: str = "squad"  # episode reward: squad (SQuAD EM, question mean) | f1 (SQuAD F1, denser) | release
     release_double_count: bool = False  # release scorer: pool all golds over every reply, as the release did
     memory_max_tokens: int = 0  # cap on the whole retrieved-memory block in tokens (release: 4096); 0 = none

@@ -30,7 +30,7 @@ here is atom's own wording with the release's structure:
 - Caps (set by ``experiments/protocols/release.yaml``): 41 LLM calls, 4,096 new tokens per turn, no
   scratchpad cap, the retrieved block cut at 4,096 tokens (``agent.memory_max_tokens``), Qwen3 thinking on.
 
-Where atom keeps its fixes under this protocol (README "Protocols"): memories are addressed through stable store
+Where atom keeps its fixes under this protocol (docs/agent.md, "Protocols"): memories are addressed through stable store
 ids behind the positions (the release searched the whole shared store by exact text), a modify is an in-place
 update of that entry, and a malformed reply is counted, never swallowed by an exception.
 """

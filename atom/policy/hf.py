@@ -17,6 +17,9 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList,
 
 from atom.env.prompts import Messages
 from atom.env.rollout import Observation, Reply
+from atom.policy.fast_decode import DecodeStats, decode, stop_string_check, supports_fast_decode
+
+DECODERS = ("fast", "generate")
 
 
 @dataclass
@@ -28,6 +31,8 @@ class SamplingConfig:
     seed: int = 0  # base seed; call n of a policy uses seed + n, so a seeded run repeats exactly
     thinking: bool = False  # pass enable_thinking to chat templates that know it (Qwen3)
     stop_strings: list[str] = field(default_factory=lambda: ["</answer>", "</final_answer>"])  # end replies (kept)
+    decode: str = "fast"  # fast: own loop, preallocated KV cache, ended rows leave the batch | generate: transformers'
+    share_prefix: bool = True  # decode=fast: the prompts' common prefix (system prompt) runs once for the batch
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -36,6 +41,8 @@ class SamplingConfig:
             raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens <= 0 or self.batch_size <= 0:
             raise ValueError("sampling.max_new_tokens and sampling.batch_size must be > 0")
+        if self.decode not in DECODERS:
+            raise ValueError(f"sampling.decode must be one of {list(DECODERS)}, got '{self.decode}'")
         if any(not isinstance(x, str) or not x for x in self.stop_strings):
             raise ValueError(f"sampling.stop_strings must be non-empty strings, got {self.stop_strings!r}")
 
@@ -114,6 +121,8 @@ class HFPolicy:
         self.autocast = autocast  # generate under torch.autocast(dtype) (trainer.precision=bf16-mixed), else as is
         self.max_prompt_tokens = max_prompt_tokens  # 0 = no limit; longer prompts are centre-truncated
         self.calls = 0
+        self.last_stats: DecodeStats | None = None  # work counters of the last fast batch
+        self.total_stats = DecodeStats()  # summed over this policy's fast batches (benchmarks)
         eos = {tokenizer.eos_token_id}
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
@@ -144,6 +153,50 @@ class HFPolicy:
     def _generate_batch(self, prompts: list[list[int]]) -> list[Reply]:
         s = self.sampling
         device = next(self.model.parameters()).device
+        self.calls += 1
+        was_training = self.model.training
+        self.model.eval()
+        # No context when unset: autocast(enabled=False) would switch off an enclosing one (Lightning's bf16-mixed).
+        cast = torch.autocast(device.type, dtype=self.autocast) if self.autocast is not None else nullcontext()
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), cast:
+                torch.manual_seed(s.seed + self.calls)
+                if self.fast:
+                    return self._decode_fast(prompts)
+                return self._generate(prompts, device)
+        finally:
+            self.model.train(was_training)
+
+    @property
+    def fast(self) -> bool:
+        """Whether ``_decode_fast`` runs (``sampling.decode=fast`` and a model/generation config it reproduces)."""
+        return (
+            self.sampling.decode == "fast"
+            and supports_fast_decode(self.model)
+            and _neutral_config(getattr(self.model, "generation_config", None), self.sampling.temperature > 0)
+        )
+
+    def _decode_fast(self, prompts: list[list[int]]) -> list[Reply]:
+        s = self.sampling
+        stop = stop_string_check(self.tokenizer, s.stop_strings) if s.stop_strings else None
+        out = decode(
+            self.model, prompts, pad_id=self.tokenizer.pad_token_id, eos_ids=self.eos_ids,
+            max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, stop=stop,
+            share_prefix=s.share_prefix,
+        )  # fmt: skip
+        self.last_stats = out.stats
+        self.total_stats.add(out.stats)
+        replies = []
+        for row, p in enumerate(prompts):
+            ids = out.tokens[row].cpu()
+            cut = not out.stopped[row] and not out.eos[row] and len(ids) >= s.max_new_tokens
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            replies.append(Reply(text, torch.tensor(p), ids, out.logprobs[row].cpu(), cut_off=cut))
+        return replies
+
+    def _generate(self, prompts: list[list[int]], device: torch.device) -> list[Reply]:
+        """transformers' ``generate`` (``sampling.decode=generate``): the reference ``_decode_fast`` reproduces."""
+        s = self.sampling
         width = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
@@ -164,21 +217,13 @@ class HFPolicy:
         )
         recorder = _LogprobRecorder(s.temperature)
         stopper = _StopAtStrings(self.tokenizer, s.stop_strings, width, len(prompts)) if s.stop_strings else None
-        self.calls += 1
-        was_training = self.model.training
-        self.model.eval()
-        # No context when unset: autocast(enabled=False) would switch off an enclosing one (Lightning's bf16-mixed).
-        cast = torch.autocast(device.type, dtype=self.autocast) if self.autocast is not None else nullcontext()
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), cast:
-            torch.manual_seed(s.seed + self.calls)
-            out = self.model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
-                generation_config=config,
-                logits_processor=LogitsProcessorList([recorder]),
-                stopping_criteria=StoppingCriteriaList([stopper] if stopper else []),
-            )
-        self.model.train(was_training)
+        out = self.model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            generation_config=config,
+            logits_processor=LogitsProcessorList([recorder]),
+            stopping_criteria=StoppingCriteriaList([stopper] if stopper else []),
+        )
         new = out[:, width:].cpu()
         logprobs = recorder.finish(out, new.shape[1]).cpu()
         replies = []
@@ -194,6 +239,47 @@ class HFPolicy:
             reply = Reply(text, torch.tensor(p), ids.clone(), logprobs[row, :length].clone(), cut_off=cut)
             replies.append(reply)
         return replies
+
+
+# generation-config fields that add logits processors or change the search; ``_decode_fast`` reproduces none of
+# them, so a model whose own generation_config sets one (generate merges it in) decodes with ``generate``
+_NEUTRAL = {
+    "repetition_penalty": (None, 1.0),
+    "encoder_repetition_penalty": (None, 1.0),
+    "no_repeat_ngram_size": (None, 0),
+    "min_length": (None, 0),
+    "min_new_tokens": (None, 0),
+    "bad_words_ids": (None,),
+    "sequence_bias": (None,),
+    "suppress_tokens": (None,),
+    "begin_suppress_tokens": (None,),
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "exponential_decay_length_penalty": (None,),
+    "renormalize_logits": (None, False),
+    "guidance_scale": (None, 1.0),
+    "watermarking_config": (None,),
+    "num_beams": (None, 1),
+    "penalty_alpha": (None,),
+    "prompt_lookup_num_tokens": (None,),
+    "dola_layers": (None,),
+    "num_return_sequences": (None, 1),
+    "remove_invalid_values": (None, False),
+    "prefill_chunk_size": (None,),
+    "cache_implementation": (None, "dynamic"),
+}
+_NEUTRAL_SAMPLING = {
+    "min_p": (None,), "typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0), "eta_cutoff": (None, 0.0),
+    "top_h": (None,),
+}  # fmt: skip
+
+
+def _neutral_config(generation_config, sampling: bool) -> bool:
+    """Whether ``generate`` under this model's own generation_config runs only what ``_decode_fast`` reproduces."""
+    if generation_config is None:
+        return True
+    fields = {**_NEUTRAL, **(_NEUTRAL_SAMPLING if sampling else {})}
+    return all(getattr(generation_config, k, None) in ok for k, ok in fields.items())
 
 
 def act_on_token_ids(policy, observations: Sequence[Observation]) -> list[Reply]:
