@@ -42,6 +42,18 @@ def test_defaults_are_the_outcome_alone_and_the_penalty_is_bounded():
     assert reward_terms(_trajectory(stored=900, context=200))["compression"] == 0.0  # clipped to [0, 1]
 
 
+def test_the_gate_pays_the_outcome_only_for_clean_episodes():
+    clean = _trajectory(1.0, invalid={}, cut=(False, False), facts=1.0)
+    junk = _trajectory(1.0, invalid={"read": 1}, cut=(False,), facts=1.0)
+    cut = _trajectory(1.0, invalid={}, cut=(False, True), facts=1.0)
+    cfg = RewardConfig(gate=True, memory=0.5)
+    assert batch_rewards([clean, junk, cut], cfg)[0] == [1.5, 0.5, 0.5]  # other terms are not gated
+    assert batch_rewards([clean, junk, cut], RewardConfig())[0] == [1.0, 1.0, 1.0]
+    assert RewardConfig(gate=True).shaped
+    with pytest.raises(ConfigError, match=r"grpo\.reward\.gate"):
+        load_config(None, ["grpo.reward.gate=maybe"])
+
+
 def test_a_negative_weight_or_an_unknown_term_is_a_config_error_naming_it():
     with pytest.raises(ConfigError, match=r"grpo\.reward\.memory"):
         load_config(None, ["grpo.reward.memory=-1"])

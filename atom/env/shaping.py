@@ -8,10 +8,13 @@ with a verifiable memory-quality term in place of the judged one. Every term is 
 (dense per-turn format rewards are known to be hacked), and each is logged apart (``grpo/reward_<term>``, the
 unweighted mean over the rollout batch) so a curve shows which term moved.
 
-    R = outcome * s  +  validity * v  -  min(1, invalid_penalty * n_invalid)  -  cutoff * c
+    R = outcome * s * g  +  validity * v  -  min(1, invalid_penalty * n_invalid)  -  cutoff * c
         + compression * (1 - stored_chars / context_chars)  +  memory * m
 
 - s: ``agent.reward``'s score of the episode (SQuAD EM, F1 or the release's), in [0, 1];
+- g: 1, or with ``gate`` 1 only for a clean episode (no invalid action, no cut-off turn) and 0 otherwise: a
+  correct answer reached through junk earns nothing, and the worst an episode can score is 0, not a penalty
+  that makes acting at all a risk (the penalties arm of docs/measurements/memory_rl.md learned to act less);
 - v: share of the episode's actions that were valid (executed over executed + invalid; 1 when it wrote none);
 - n_invalid: invalid actions of the episode (wrong id, wrong phase, malformed, unknown tag), all kinds;
 - c: share of the episode's turns cut off at ``sampling.max_new_tokens`` without an end-of-sequence token or a
@@ -44,11 +47,15 @@ class RewardConfig:
     cutoff: float = 0.0  # weight of the (subtracted) share of turns cut at max_new_tokens without EOS/stop string
     compression: float = 0.0  # weight of 1 - stored chars / context chars (clipped to [0, 1]); keep it small
     memory: float = 0.0  # weight of the share of gold supporting facts held by the store when reading ends
+    gate: bool = False  # the outcome counts only in a clean episode (no invalid action, no cut-off turn)
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if not isinstance(value, (int, float)) or value < 0:
+            if f.name == "gate":
+                if not isinstance(value, bool):
+                    raise ValueError(f"grpo.reward.gate must be true or false, got {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"grpo.reward.{f.name} must be a number >= 0, got {value!r}")
 
     @property
@@ -77,8 +84,9 @@ def reward_terms(traj: Trajectory) -> dict[str, float]:
 
 def shaped_reward(terms: dict[str, float], cfg: RewardConfig) -> float:
     """The weighted total R of one episode's ``terms``."""
+    clean = terms["invalid"] == 0 and terms["cutoff"] == 0
     return (
-        cfg.outcome * terms["outcome"]
+        cfg.outcome * terms["outcome"] * (1.0 if clean or not cfg.gate else 0.0)
         + cfg.validity * terms["validity"]
         - min(1.0, cfg.invalid_penalty * terms["invalid"])
         - cfg.cutoff * terms["cutoff"]
