@@ -28,7 +28,7 @@ def test_defaults_and_overrides_merge_with_types():
         ("grpo.std_scale=batchy", "grpo.std_scale must be one of"),
         ("run.stages=[train]", "unknown stage"),
         ("agent.top_k=0", "agent.top_k must be > 0"),
-        ("trainer.precision=bf16", "trainer.precision must be one of ['32-true', 'bf16-mixed'"),
+        ("trainer.precision=bf16", "trainer.precision must be one of ['auto', '32-true', 'bf16-mixed'"),
     ],
 )
 def test_bad_overrides_name_the_key_and_the_valid_choices(override, fragment):
@@ -72,6 +72,20 @@ def test_lora_dropout_with_grpo_is_refused_naming_the_field():
     with pytest.raises(ConfigError, match=r"model\.lora\.dropout must be 0 when run\.stages has grpo"):
         load_config(None, ["run.stages=[grpo]", "model.lora.enabled=true", "model.lora.dropout=0.1"])
     assert load_config(None, ["run.stages=[sft]", "model.lora.enabled=true", "model.lora.dropout=0.1"])
+
+
+def test_auto_precision_picks_bf16_only_where_it_is_native(monkeypatch):
+    from atom.train import trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "cpu_has_native_bf16", lambda: False)
+    assert trainer_mod.TrainerConfig(accelerator="cpu", precision="auto").precision == "32-true"
+    monkeypatch.setattr(trainer_mod, "cpu_has_native_bf16", lambda: True)
+    assert trainer_mod.TrainerConfig(accelerator="cpu", precision="auto").precision == "bf16-mixed"
+    monkeypatch.setattr(trainer_mod.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(trainer_mod.torch.cuda, "is_bf16_supported", lambda: False)  # e.g. a V100
+    assert trainer_mod.TrainerConfig(accelerator="gpu", precision="auto").precision == "32-true"
+    monkeypatch.setattr(trainer_mod.torch.cuda, "is_bf16_supported", lambda: True)
+    assert trainer_mod.TrainerConfig(accelerator="auto", precision="auto").precision == "bf16-mixed"
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns_to_use_float32(tmp_path, monkeypatch, caplog):

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "ddp", "fsdp", "fsdp_grad_op")
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")  # Lightning's names
+# ``auto``: bf16-mixed where bfloat16 matmuls are native (a CUDA GPU that supports them, a CPU with AVX512-BF16 or
+# AMX), else 32-true; resolved when the config is built, so the run's saved config.yaml names what ran
 
 
 @dataclass
@@ -36,7 +38,8 @@ class TrainerConfig:
     num_nodes: int = 1  # machines
     strategy: str = "auto"  # auto (one device) | ddp | fsdp (FSDP2) | fsdp_grad_op (FSDP2, no reshard after forward)
     # bf16-mixed (float32 weights, bf16 autocast; evaluation generates under it too) is also the fast CPU path on AMX
-    precision: str = "32-true"  # Lightning precision: 32-true | bf16-mixed | bf16-true | 16-mixed | 16-true | 64-true
+    # Lightning's others: bf16-true | 16-mixed | 16-true | 64-true
+    precision: str = "32-true"  # auto (bf16-mixed where bf16 is native, else 32-true) | 32-true | bf16-mixed
     log_every: int = 1  # optimizer steps between logged scalars
     resume: bool = True  # continue a stage from <run>/checkpoints/<stage>/last.ckpt when it exists
     keep_checkpoints: int = 2  # periodic checkpoints kept besides last.ckpt (the newest); 0 = last.ckpt only
@@ -46,8 +49,11 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"trainer.strategy must be one of {list(STRATEGIES)}, got '{self.strategy}'")
+        if self.precision == "auto":
+            self.precision = auto_precision(self.accelerator)
         if self.precision not in PRECISIONS:
-            raise ValueError(f"trainer.precision must be one of {list(PRECISIONS)}, got '{self.precision}'")
+            valid = ["auto", *PRECISIONS]
+            raise ValueError(f"trainer.precision must be one of {valid}, got '{self.precision}'")
         if self.devices <= 0 or self.num_nodes <= 0:
             raise ValueError("trainer.devices and trainer.num_nodes must be > 0")
         if self.keep_checkpoints < 0:
@@ -162,6 +168,15 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
         return bool(check()) if check is not None else False
     except RuntimeError:
         return False
+
+
+def auto_precision(accelerator: str) -> str:
+    """``trainer.precision=auto``: bf16-mixed where bfloat16 matmuls are native on the device the run uses (a CUDA
+    GPU with bf16 support; a CPU with AVX512-BF16 or AMX), 32-true elsewhere (emulated bf16 is slower there)."""
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if gpu:
+        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
 
 
 def warn_if_bf16_is_emulated(cfg: TrainerConfig) -> None:
