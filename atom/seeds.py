@@ -3,8 +3,9 @@
 The spec (``atom.eval.seeds``) names a baseline and arms, each with one evaluation directory per seed. Prints a
 table per seed (EM, exact McNemar against the baseline, invalid actions and cut-off turns per episode, gold facts
 stored and retrieved, whether the junk is not above the baseline's) and the summary over seeds (EM mean and sd,
-seeds with a significant gain, a pooled Wilcoxon test on the per-question gains averaged over seeds); ``--out``
-also writes ``seeds.md`` and ``seeds.json`` there.
+seeds with a significant gain, a pooled Wilcoxon test on the per-question gains averaged over seeds) and each arm's
+GRPO curves per seed (every reward term, first steps -> last); ``--out`` also writes ``seeds.md`` and
+``seeds.json`` (with the curves step by step) there.
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     spec = seeds.load_spec(args.spec)
     rows, summaries = seeds.compare(spec, alpha=args.alpha)
-    text = seeds.markdown(spec, rows, summaries)
+    table = seeds.curves(spec)
+    text = seeds.markdown(spec, rows, summaries) + "\n" + seeds.curves_markdown(table)
     print(text)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "seeds.md").write_text(text)
-        (out / "seeds.json").write_text(json.dumps(seeds.as_json(rows, summaries), indent=1) + "\n")
+        (out / "seeds.json").write_text(
+            json.dumps({**seeds.as_json(rows, summaries), "curves": table}, indent=1) + "\n"
+        )
         print(f"written to {out / 'seeds.md'} and {out / 'seeds.json'}")
     return text
 

@@ -90,3 +90,22 @@ def test_the_command_prints_and_writes_the_tables(tmp_path, capsys):
     assert "Seed 3:" in capsys.readouterr().out
     data = json.loads((out / "seeds.json").read_text())
     assert data["rows"][1]["test"]["gained"] == 2 and (out / "seeds.md").read_text().startswith("Seed 3:")
+
+
+def test_each_arms_grpo_curves_come_from_its_runs_tensorboard(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "gate_s0"
+    base = _eval_dir(run / "eval", "after_sft", [0, 0, 1, 0])
+    arm = _eval_dir(run / "eval", "after_sft_grpo", [1, 0, 1, 1])
+    writer = SummaryWriter(str(run / "tb" / "grpo"))
+    for step, (outcome, invalid) in enumerate([(0.1, 0.3), (0.3, 0.1), (0.5, 0.2), (0.7, 0.0)]):
+        writer.add_scalar("grpo/reward_outcome", outcome, step)
+        writer.add_scalar("grpo/reward_invalid", invalid, step)
+    writer.close()
+    spec = seeds.load_spec(_spec(tmp_path, {"base": [base], "arm": [arm]}, seeds_=[0]))
+    table = seeds.curves(spec)
+    assert list(table) == ["arm"]  # the baseline's run is the same run: its curves belong to the arm
+    assert table["arm"][0]["outcome"] == pytest.approx([0.1, 0.3, 0.5, 0.7])
+    text = seeds.curves_markdown(table)
+    assert "| arm | seed | outcome | invalid |" in text and "| arm | 0 | 0.20 -> 0.60 | 0.20 -> 0.10 |" in text

@@ -17,6 +17,10 @@ baseline's. Over seeds, each arm gets EM mean and standard deviation, how many s
 pooled test: the per-question difference against the baseline, averaged over seeds, under the Wilcoxon
 signed-rank test (questions are the random unit; seeds are averaged, not counted as more questions, since every
 seed answers the same ones).
+
+Each arm's training run (the directory above ``eval/<tag>``) also gives its GRPO curves from TensorBoard: every
+reward term (outcome, memory, invalid, cut-off, validity, compression), the total reward, the share of groups with
+zero reward spread, and creates per episode, first step -> last step (``curves``).
 """
 
 from __future__ import annotations
@@ -30,9 +34,21 @@ from omegaconf import OmegaConf
 from scipy.stats import wilcoxon
 
 from atom.errors import AtomError
+from atom.eval.runs import read_curves
 from atom.eval.stats import PairedTest, paired_test, question_em
 
 SPEC_KEYS = ("method", "baseline", "arms", "seeds")
+CURVE_TAGS = {  # TensorBoard tag -> column: the reward terms GRPO logs apart, then what they move
+    "grpo/reward": "reward",
+    "grpo/reward_outcome": "outcome",
+    "grpo/reward_memory": "memory",
+    "grpo/reward_invalid": "invalid",
+    "grpo/reward_cutoff": "cut-off",
+    "grpo/reward_validity": "validity",
+    "grpo/reward_compression": "compression",
+    "grpo/frac_reward_zero_std": "zero-std groups",
+    "memory/create_per_episode": "creates / ep",
+}
 
 
 class SpecError(AtomError, ValueError):
@@ -148,6 +164,43 @@ def compare(spec: dict, alpha: float = 0.05) -> tuple[list[Row], list[Summary]]:
             )
         )
     return rows, summaries
+
+
+def curves(spec: dict) -> dict[str, dict[int, dict[str, list[float]]]]:
+    """arm -> seed -> column -> values per GRPO step, from each non-baseline arm's run's TensorBoard events."""
+    out: dict[str, dict[int, dict[str, list[float]]]] = {}
+    for arm, dirs in spec["arms"].items():
+        if arm == spec["baseline"]:
+            continue
+        for seed, eval_dir in zip(spec["seeds"], dirs):
+            scalars = read_curves(eval_dir.parent.parent).scalars
+            found = {col: [round(v, 4) for v in scalars[tag][1]] for tag, col in CURVE_TAGS.items() if tag in scalars}
+            if found:
+                out.setdefault(arm, {})[seed] = found
+    return out
+
+
+def curves_markdown(table: dict[str, dict[int, dict[str, list[float]]]]) -> str:
+    """One row per (arm, seed): each column's first -> last GRPO step (mean of the first and last two steps)."""
+    if not table:
+        return ""
+    cols = [
+        c for c in CURVE_TAGS.values() if any(c in by_col for seeds_ in table.values() for by_col in seeds_.values())
+    ]
+    out = [
+        "GRPO curves (TensorBoard), mean of the first two steps -> mean of the last two:",
+        "",
+        "| arm | seed | " + " | ".join(cols) + " |",
+        "|---|---|" + "---|" * len(cols),
+    ]
+    for arm, by_seed in table.items():
+        for seed, by_col in by_seed.items():
+            cells = []
+            for col in cols:
+                v = by_col.get(col, [])
+                cells.append(f"{statistics.fmean(v[:2]):.2f} -> {statistics.fmean(v[-2:]):.2f}" if v else "")
+            out.append(f"| {arm} | {seed} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
 
 
 def markdown(spec: dict, rows: list[Row], summaries: list[Summary]) -> str:
