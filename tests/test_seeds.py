@@ -9,11 +9,15 @@ from atom.eval import seeds
 from atom.eval.stats import paired_test
 
 
-def _eval_dir(root, name, ems, invalid=0.0, cutoff=0.0):
-    """An atom.fit evaluation directory: one question per sample, EM per question as given."""
+def _eval_dir(root, name, ems, invalid=0.0, cutoff=0.0, stored=None):
+    """An atom.fit evaluation directory: one question per sample, EM per question as given; ``stored`` gives
+    each episode's share of gold facts in the store (its ``reward_terms.memory``)."""
     d = root / name
     d.mkdir(parents=True)
-    rows = [json.dumps({"method": "atommem", "sample_id": f"q{i}", "em": [em]}) for i, em in enumerate(ems)]
+    rows = [
+        json.dumps({"method": "atommem", "sample_id": f"q{i}", "em": [em], "reward_terms": {"memory": m}})
+        for i, (em, m) in enumerate(zip(ems, stored or [0.0] * len(ems)))
+    ]
     (d / "episodes.jsonl").write_text("\n".join(rows) + "\n")
     summary = {
         "em": 100 * sum(ems) / len(ems),
@@ -109,3 +113,11 @@ def test_each_arms_grpo_curves_come_from_its_runs_tensorboard(tmp_path):
     assert table["arm"][0]["outcome"] == pytest.approx([0.1, 0.3, 0.5, 0.7])
     text = seeds.curves_markdown(table)
     assert "| arm | seed | outcome | invalid |" in text and "| arm | 0 | 0.20 -> 0.60 | 0.20 -> 0.10 |" in text
+
+
+def test_em_is_split_by_whether_the_episode_stored_every_gold_fact(tmp_path):
+    base = _eval_dir(tmp_path, "b", [1, 1, 0, 1, 0], stored=[1.0, 1.0, 1.0, 0.5, 0.0])  # stored: 2 of 3 right
+    arm = _eval_dir(tmp_path, "a", [0, 0, 0, 0, 0])  # nothing stored: no EM-if-stored
+    rows, _ = seeds.compare(seeds.load_spec(_spec(tmp_path, {"base": [base], "arm": [arm]}, seeds_=[0])))
+    assert rows[0].em_stored == pytest.approx(200 / 3) and rows[0].em_unstored == pytest.approx(50.0)
+    assert rows[1].em_stored != rows[1].em_stored and rows[1].em_unstored == 0.0  # nan: no episode stored

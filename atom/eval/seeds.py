@@ -12,7 +12,8 @@ training seed on the same held-out questions. A spec (YAML) names the evaluation
     seeds: [0, 1]
 
 Per seed, each arm's row holds EM, the exact McNemar test against that seed's baseline, invalid actions and
-cut-off turns per episode, gold facts stored / retrieved, and whether its junk (invalid, cut-off) is not above the
+cut-off turns per episode, gold facts stored / retrieved, EM of the episodes that stored every gold fact and of the
+others (storing apart from answering), and whether its junk (invalid, cut-off) is not above the
 baseline's. Over seeds, each arm gets EM mean and standard deviation, how many seeds were significant gains, and a
 pooled test: the per-question difference against the baseline, averaged over seeds, under the Wilcoxon
 signed-rank test (questions are the random unit; seeds are averaged, not counted as more questions, since every
@@ -33,6 +34,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from scipy.stats import wilcoxon
 
+from atom import jsonl
 from atom.errors import AtomError
 from atom.eval.runs import read_curves
 from atom.eval.stats import PairedTest, paired_test, question_em
@@ -67,6 +69,8 @@ class Row:
     cutoff: float  # cut-off turns per episode
     facts_stored: float  # % of gold facts in the store when reading ended
     facts_retrieved: float  # % shown at answer time
+    em_stored: float  # EM over the episodes that stored every gold fact (nan when none did): the answering skill
+    em_unstored: float  # EM over the others: what the store did not carry
     test: PairedTest | None  # against the baseline of the same seed; None for the baseline itself
     junk_ok: bool  # invalid and cut-off per episode not above the baseline's
 
@@ -116,6 +120,20 @@ def _summary(eval_dir: Path, method: str) -> dict:
     return methods[method]
 
 
+def _em_by_storage(eval_dir: Path, method: str) -> tuple[float, float]:
+    """EM (%) of the episodes whose store held every gold fact when reading ended, and of the others."""
+
+    def parse(row: dict) -> tuple:
+        return row["method"], row.get("reward_terms", {}).get("memory"), row["em"]
+
+    stored: list[float] = []
+    unstored: list[float] = []
+    for m, memory, ems in jsonl.read(eval_dir / "episodes.jsonl", parse, "an episode record", SpecError):
+        if m == method and memory is not None:
+            (stored if memory >= 1.0 else unstored).extend(ems)
+    return tuple(100 * statistics.fmean(v) if v else float("nan") for v in (stored, unstored))
+
+
 def compare(spec: dict, alpha: float = 0.05) -> tuple[list[Row], list[Summary]]:
     """Rows per (seed, arm) and a summary per arm; the baseline arm is summarised too (its own reference)."""
     method, baseline, arms = spec["method"], spec["baseline"], spec["arms"]
@@ -141,7 +159,8 @@ def compare(spec: dict, alpha: float = 0.05) -> tuple[list[Row], list[Summary]]:
             )
             rows.append(
                 Row(arm, seed, s["em"], s["f1"], s["invalid_per_episode"], s["cutoff_per_episode"],
-                    s.get("facts_stored", float("nan")), s.get("facts_retrieved", float("nan")), test, junk_ok)
+                    s.get("facts_stored", float("nan")), s.get("facts_retrieved", float("nan")),
+                    *_em_by_storage(dirs[i], method), test, junk_ok)
             )  # fmt: skip
     summaries = []
     for arm in arms:
@@ -212,15 +231,15 @@ def markdown(spec: dict, rows: list[Row], summaries: list[Summary]) -> str:
             f"Seed {seed}:",
             "",
             f"| arm | EM | F1 | vs {baseline}: gained / lost, p | invalid / ep | cut-off / ep | facts stored | "
-            f"facts retrieved | junk not above {baseline} |",
-            "|---|---|---|---|---|---|---|---|---|",
+            f"facts retrieved | EM if stored / not | junk not above {baseline} |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in (r for r in rows if r.seed == seed):
             test = f"+{r.test.gained} / -{r.test.lost}, {r.test.p:.2g}" if r.test else ""
             junk = "" if r.test is None else ("yes" if r.junk_ok else "no")
             out.append(
                 f"| {r.arm} | {r.em:.1f} | {r.f1:.1f} | {test} | {r.invalid:.2f} | {r.cutoff:.2f} | "
-                f"{r.facts_stored:.0f}% | {r.facts_retrieved:.0f}% | {junk} |"
+                f"{r.facts_stored:.0f}% | {r.facts_retrieved:.0f}% | {r.em_stored:.0f} / {r.em_unstored:.0f} | {junk} |"
             )
         out.append("")
     out += [
