@@ -4,8 +4,8 @@ The spec (``atom.eval.seeds``) names a baseline and arms, each with one evaluati
 table per seed (EM, exact McNemar against the baseline, invalid actions and cut-off turns per episode, gold facts
 stored and retrieved, EM when every gold fact was stored and when not, whether the junk is not above the
 baseline's) and the summary over seeds (EM mean and sd, seeds with a significant gain, a pooled Wilcoxon test on
-the per-question gains averaged over seeds) and each arm's GRPO curves per seed (every reward term, first steps -> last); ``--out`` also writes ``seeds.md`` and
-``seeds.json`` (with the curves step by step) there.
+the per-question gains averaged over seeds) and each arm's GRPO curves per seed (every reward term, first steps
+-> last); ``--out`` also writes ``seeds.md`` and ``seeds.json`` (with the curves step by step) there.
 """
 
 from __future__ import annotations
