@@ -203,9 +203,8 @@ def curves_markdown(table: dict[str, dict[int, dict[str, list[float]]]]) -> str:
     """One row per (arm, seed): each column's first -> last GRPO step (mean of the first and last two steps)."""
     if not table:
         return ""
-    cols = [
-        c for c in CURVE_TAGS.values() if any(c in by_col for seeds_ in table.values() for by_col in seeds_.values())
-    ]
+    present = {col for by_seed in table.values() for by_col in by_seed.values() for col in by_col}
+    cols = [c for c in CURVE_TAGS.values() if c in present]
     out = [
         "GRPO curves (TensorBoard), mean of the first two steps -> mean of the last two:",
         "",
